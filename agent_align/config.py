@@ -1,0 +1,293 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore, and the cross-field
+checks that run before any heavy work.
+
+Unknown keys and wrong types fail at start naming the full key (``data.formt=json`` ->
+"Key 'formt' not in 'DataConfig'"). Library configs (TRL's SFTConfig/DPOConfig) are built from
+these in the stage modules and validated by the library itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from agent_align.errors import config_error
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    # Where weights come from: `path` (a local checkpoint dir) wins over `hub_id`; neither -> built locally.
+    path: Optional[str] = None
+    hub_id: Optional[str] = None
+    chat_template: str = "builtin"  # builtin (ours, compact tool rendering) | tokenizer (the model's own, with tools=)
+    max_length: int = 384  # cutoff length in tokens for prompt+completion; higher costs memory and time
+    max_prompt_length: int = 320
+    lora_target_modules: List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                    "gate_proj", "up_proj", "down_proj"])
+    trust_remote_code: bool = False
+    # Built-in (from scratch) architecture; ignored for hub/local checkpoints.
+    vocab_size: int = 1024  # BPE vocabulary trained on the generated corpus
+    hidden_size: int = 192
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 576
+    tokenizer_corpus_rows: int = 3000  # generated rows used to train the BPE tokenizer
+    init_seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"  # synthetic | bfcl
+    format: str = "json"  # json: raw call JSON (seed 001) | react: Thought + Action + ```json (seed 000)
+    n_train: int = 6000  # training prompts (each gives negatives_per_prompt pairs)
+    n_eval: int = 400  # eval prompts, half on seen tools, half on held-out tools
+    distractor_tools: int = 3  # a prompt offers the right tool plus 0..N others
+    negatives_per_prompt: int = 1
+    negative_weights: Dict[str, float] = field(default_factory=lambda: {
+        "type_mismatch": 1.0, "enum_violation": 1.0, "hallucinated_param": 1.0, "missing_required": 1.0,
+        "wrong_tool": 1.0, "json_error": 1.0, "unstructured": 1.0})
+    heldout_tools: List[str] = field(default_factory=lambda: ["book_hotel", "get_stock_price", "translate_text",
+                                                              "log_expense"])
+    tools_file: Optional[str] = None  # extra tools, OpenAI format (JSON/YAML) or BFCL function files
+    include_builtin_tools: bool = True
+    procedural_tools: int = 0  # random tools added to training so a small model learns to read schemas
+    procedural_fraction: float = 0.5  # share of training prompts that use procedural tools
+    optional_arg_p: float = 0.4  # chance each optional parameter appears in a request
+    negatives_source: str = "synthetic"  # synthetic | on_policy | mixed (where DPO's rejected come from)
+    system_prompt: Optional[str] = None  # null -> the default for data.format
+    train_path: Optional[str] = None  # existing triplet files instead of generating (null -> run_dir/data/)
+    eval_path: Optional[str] = None
+    negatives: str = "standard"  # standard | nat (negative-aware tuning: failed samples join SFT with a tag)
+    targeted_negatives: Optional[str] = None  # failure modes to over-sample (from stage=analyze)
+    # BFCL (data=bfcl)
+    bfcl_dir: Optional[str] = None
+    categories: List[str] = field(default_factory=list)
+
+
+@dataclass
+class LossConfig:
+    name: str = "dpo"  # dpo | ipo | rpo | stepwise | step_dpo
+    loss_type: List[str] = field(default_factory=lambda: ["sigmoid"])  # TRL DPOConfig.loss_type
+    loss_weights: Optional[List[float]] = None  # one per loss_type (rpo: sigmoid + sft)
+    beta: float = 0.1  # lower = further from the reference model allowed
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class PeftConfig:
+    name: str = "none"  # none | lora | qlora (4-bit NF4 base + LoRA)
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Optional[List[str]] = None  # null -> model.lora_target_modules
+    new_adapter_for_dpo: bool = False  # false: DPO keeps training the SFT adapter
+    export_merged: bool = False  # also write checkpoints/<stage>-merged with the adapter folded in
+
+
+@dataclass
+class DistributedConfig:
+    backend: str = "none"  # none | ddp | deepspeed | fsdp
+    deepspeed_config: Optional[str] = None  # path to a DeepSpeed JSON (conf/deepspeed/*.json)
+    num_processes: int = 1  # processes per node (GPUs, or CPU processes under torchrun)
+
+
+@dataclass
+class HardwareConfig:
+    name: str = "cpu"
+    device: str = "cpu"  # cpu | cuda
+    precision: str = "auto"  # auto (bf16 where the CPU/GPU has it, else fp32) | bf16 | fp16 | fp32
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
+    liger_kernels: bool = False
+    gradient_checkpointing: bool = False  # trades ~30% speed for activation memory
+    sft_batch_size: int = 32  # per device
+    sft_grad_accum: int = 1
+    dpo_batch_size: int = 32
+    dpo_grad_accum: int = 1
+    eval_batch_size: int = 128
+    torch_threads: int = 0  # 0 -> all cores
+    # Scheduler resources (hydra/launcher=slurm reads these)
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2
+    mem_gb: int = 16
+    timeout_min: int = 60
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | wandb
+    project: str = "agent_align"
+    entity: Optional[str] = None
+    mode: str = "auto"  # auto (online when WANDB_API_KEY is set, else offline) | online | offline
+    group: Optional[str] = None  # null -> experiment name
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class SFTStageConfig:
+    epochs: float = 1.0
+    max_steps: int = -1  # >0 overrides epochs
+    lr: float = 2e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"
+    save_steps: int = 100  # checkpoint every N optimizer steps (resume point)
+    logging_steps: int = 10
+    packing: bool = False
+    group_by_length: bool = True
+    init_from: Optional[str] = None  # start from this checkpoint instead of model.*
+
+
+@dataclass
+class DPOStageConfig:
+    epochs: float = 1.0
+    max_steps: int = -1
+    lr: float = 2e-4
+    warmup_steps: int = 10
+    lr_scheduler: str = "cosine"
+    save_steps: int = 100
+    logging_steps: int = 5
+    rounds: int = 1  # on-policy rounds: sample -> pair -> train, repeated
+    samples_per_prompt: int = 4  # on-policy samples drawn per training prompt
+    sample_prompts: int = 1500  # training prompts sampled per round for on-policy negatives
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_pairs: int = 0  # 0 -> all
+    precompute_ref_log_probs: bool = True  # no reference model held during training
+    policy_from: Optional[str] = None  # SFT checkpoint to start from (null -> run_dir/checkpoints/sft)
+
+
+@dataclass
+class EvaluateConfig:
+    model_path: Optional[str] = None  # null -> the pipeline's current model
+    label: str = "model"
+    batch_size: int = 0  # 0 -> hardware.eval_batch_size
+    max_new_tokens: int = 96
+    limit: int = 0  # 0 -> every eval row
+    robustness: List[str] = field(default_factory=list)  # typos | reorder | paraphrase | distractors
+
+
+@dataclass
+class ScoreConfig:
+    data: Optional[str] = None  # rows with `schema` (null -> run_dir/data/eval.jsonl)
+    predictions: Optional[str] = None  # rows {"output": ...} (+ "id")
+    format: Optional[str] = None  # json | react; null -> data.format
+
+
+@dataclass
+class ValidateConfig:
+    path: Optional[str] = None  # triplet file (null -> run_dir/data/train.jsonl)
+
+
+@dataclass
+class InferConfig:
+    model_path: Optional[str] = None
+    prompt: Optional[str] = None  # null -> interactive loop
+    tools: List[str] = field(default_factory=list)  # tool names to offer (empty -> all built-ins)
+
+
+@dataclass
+class Config:
+    stage: str = "pipeline"
+    seed: int = 0
+    debug: bool = False  # true: show tracebacks
+    resume: str = "auto"  # auto: continue from the newest checkpoint, skip finished stages | never
+    experiment_name: str = "default"
+    run_dir: Optional[str] = None  # null -> Hydra's output dir
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    loss: LossConfig = MISSING
+    peft: PeftConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    logger: LoggerConfig = MISSING
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    dpo: DPOStageConfig = field(default_factory=DPOStageConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+
+GROUP_SCHEMAS = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "peft": PeftConfig,
+                 "hardware": HardwareConfig, "logger": LoggerConfig}
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    for group, schema in GROUP_SCHEMAS.items():
+        cs.store(group=group, name="base_" + group, node=schema)
+
+
+CHOICES = {
+    "data.format": ("json", "react"),
+    "data.name": ("synthetic", "bfcl"),
+    "data.negatives_source": ("synthetic", "on_policy", "mixed"),
+    "data.negatives": ("standard", "nat"),
+    "model.chat_template": ("builtin", "tokenizer"),
+    "peft.name": ("none", "lora", "qlora"),
+    "hardware.device": ("cpu", "cuda"),
+    "hardware.precision": ("auto", "bf16", "fp16", "fp32"),
+    "hardware.attn_implementation": ("sdpa", "eager", "flash_attention_2"),
+    "hardware.distributed.backend": ("none", "ddp", "deepspeed", "fsdp"),
+    "logger.name": ("none", "wandb"),
+    "logger.mode": ("auto", "online", "offline"),
+    "resume": ("auto", "never"),
+}
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def check_config(cfg: Any) -> None:
+    """Cross-field checks, in one place, before any heavy work. Messages quote the values."""
+    for key, valid in CHOICES.items():
+        value = _get(cfg, key)
+        if value not in valid:
+            raise config_error(key, value, f"valid values: {', '.join(valid)}")
+    hw = cfg.hardware
+    if hw.name == "t4" and hw.precision == "bf16":
+        raise config_error("hardware.precision", "bf16", "the T4 has no bf16; use hardware.precision=fp16 or fp32")
+    if hw.device == "cpu" and hw.precision == "fp16":
+        raise config_error("hardware.precision", "fp16", "fp16 training is not supported on CPU; use bf16 or fp32")
+    if hw.device == "cpu" and hw.attn_implementation == "flash_attention_2":
+        raise config_error("hardware.attn_implementation", "flash_attention_2",
+                           "flash attention needs a CUDA GPU; use sdpa on CPU")
+    if hw.device == "cpu" and hw.liger_kernels:
+        raise config_error("hardware.liger_kernels", True, "Liger kernels are Triton/GPU-only; set it to false on CPU")
+    ds = hw.distributed
+    if cfg.peft.name == "qlora" and ds.backend == "deepspeed" and ds.deepspeed_config and "zero3" in ds.deepspeed_config:
+        raise config_error("peft.name", "qlora", "QLoRA cannot shard 4-bit weights with ZeRO-3; use ZeRO-2 or peft=lora")
+    if ds.backend == "deepspeed" and not ds.deepspeed_config:
+        raise config_error("hardware.distributed.deepspeed_config", None, "set a DeepSpeed JSON, e.g. conf/deepspeed/zero2.json")
+    for key in ("sft_batch_size", "dpo_batch_size", "eval_batch_size", "sft_grad_accum", "dpo_grad_accum"):
+        if getattr(hw, key) < 1:
+            raise config_error(f"hardware.{key}", getattr(hw, key), "must be >= 1")
+    if cfg.loss.loss_weights is not None and len(cfg.loss.loss_weights) != len(cfg.loss.loss_type):
+        raise config_error("loss.loss_weights", list(cfg.loss.loss_weights),
+                           f"needs one weight per loss.loss_type {list(cfg.loss.loss_type)}")
+    if cfg.data.negatives_per_prompt < 1:
+        raise config_error("data.negatives_per_prompt", cfg.data.negatives_per_prompt, "must be >= 1")
+    if cfg.data.distractor_tools < 0:
+        raise config_error("data.distractor_tools", cfg.data.distractor_tools, "must be >= 0")
+    if not 0.0 <= cfg.data.procedural_fraction <= 1.0:
+        raise config_error("data.procedural_fraction", cfg.data.procedural_fraction, "must be within [0, 1]")
+    from agent_align.data.negatives import NEGATIVES
+
+    for name, w in cfg.data.negative_weights.items():
+        if name not in NEGATIVES:
+            raise config_error(f"data.negative_weights.{name}", w, f"unknown negative type; valid: {', '.join(NEGATIVES)}")
+        if w < 0:
+            raise config_error(f"data.negative_weights.{name}", w, "weights must be >= 0")
+    if not any(w > 0 for w in cfg.data.negative_weights.values()):
+        raise config_error("data.negative_weights", dict(cfg.data.negative_weights), "at least one weight must be > 0")
+    if cfg.model.path is None and cfg.model.hub_id is None and cfg.model.chat_template != "builtin":
+        raise config_error("model.chat_template", cfg.model.chat_template,
+                           "a model built locally has no tokenizer template; use model.chat_template=builtin")

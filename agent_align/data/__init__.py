@@ -1,0 +1,1 @@
+"""Synthetic tool-use preference data: requests, correct calls, and hard negatives."""

@@ -1,0 +1,12 @@
+"""Stage registry: ``stage=NAME`` -> a module's ``run(cfg, ctx) -> dict``.
+
+Adding a stage is one line here. Entries are lazy "module:function" strings so that light stages
+(generate, score) do not pay torch's import time.
+"""
+
+from agent_align.registry import Registry
+
+STAGES: Registry = Registry("stage", "stage")
+STAGES.register("generate", "agent_align.stages.generate:run")
+STAGES.register("validate_data", "agent_align.stages.validate_data:run")
+STAGES.register("score", "agent_align.stages.score:run")

@@ -1,0 +1,29 @@
+"""What every stage gets besides the config: the run directory and helpers to find files in it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class RunContext:
+    run_dir: Path
+    rank: int = 0  # torch.distributed rank; only rank 0 writes data, reports and W&B runs
+    world_size: int = 1
+    cache: dict[str, Any] = field(default_factory=dict)  # objects shared across pipeline stages (models...)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def path(self, *parts: str) -> Path:
+        return self.run_dir.joinpath(*parts)
+
+    @classmethod
+    def from_env(cls, run_dir: str | os.PathLike) -> "RunContext":
+        rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+        world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
+        return cls(run_dir=Path(run_dir).resolve(), rank=rank, world_size=world)
