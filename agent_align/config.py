@@ -14,7 +14,10 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from agent_align.env.config import AgentConfig, EnvConfig, check_agent_config  # issue 4 (env/agent groups)
 from agent_align.errors import config_error
+from agent_align.steps.config import (AnalyzeConfig, MixtureConfig, NatConfig, RewardEvalConfig, SampleConfig,
+                                       ScorerConfig, StepsConfig, TrajectoriesConfig, check_steps_config)
 
 
 @dataclass
@@ -54,6 +57,7 @@ class DataConfig:
                                                               "log_expense"])
     tools_file: Optional[str] = None  # extra tools, OpenAI format (JSON/YAML) or BFCL function files
     include_builtin_tools: bool = True
+    tools: List[str] = field(default_factory=list)  # restrict the library to these tool names (empty -> all)
     procedural_tools: int = 0  # random tools added to training so a small model learns to read schemas
     procedural_fraction: float = 0.5  # share of training prompts that use procedural tools
     optional_arg_p: float = 0.4  # chance each optional parameter appears in a request
@@ -114,6 +118,9 @@ class HardwareConfig:
     cpus_per_task: int = 2
     mem_gb: int = 16
     timeout_min: int = 60
+    partition: Optional[str] = None  # sbatch --partition (null -> the cluster's default)
+    account: Optional[str] = None  # sbatch --account
+    qos: Optional[str] = None  # sbatch --qos
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
@@ -140,6 +147,7 @@ class SFTStageConfig:
     packing: bool = False
     group_by_length: bool = True
     init_from: Optional[str] = None  # start from this checkpoint instead of model.*
+    skip: bool = False  # no SFT: DPO starts from the base model (seed 000's recipe)
 
 
 @dataclass
@@ -191,6 +199,13 @@ class InferConfig:
 
 
 @dataclass
+class CompareConfig:
+    runs: List[str] = field(default_factory=list)  # run directories holding summary.json
+    sweep: Optional[str] = None  # a multirun dir (multirun/<experiment>/<date_time>): every job in it
+    out: Optional[str] = None  # where the table and plots go (null -> <sweep>/compare, else the run dir)
+
+
+@dataclass
 class Config:
     stage: str = "pipeline"
     seed: int = 0
@@ -210,10 +225,23 @@ class Config:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    # step-level alignment (issue 5; schemas in agent_align/steps/config.py)
+    scorer: ScorerConfig = MISSING
+    steps: StepsConfig = field(default_factory=StepsConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    reward_eval: RewardEvalConfig = field(default_factory=RewardEvalConfig)
+    analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
+    nat: NatConfig = field(default_factory=NatConfig)
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    trajectories: TrajectoriesConfig = field(default_factory=TrajectoriesConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    env: EnvConfig = MISSING  # agentic environment (issue 4; schemas in agent_align/env/config.py)
+    agent: AgentConfig = MISSING
 
 
 GROUP_SCHEMAS = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "peft": PeftConfig,
-                 "hardware": HardwareConfig, "logger": LoggerConfig}
+                 "hardware": HardwareConfig, "logger": LoggerConfig, "scorer": ScorerConfig,
+                 "env": EnvConfig, "agent": AgentConfig}
 
 
 def register_configs() -> None:
@@ -248,6 +276,8 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 def check_config(cfg: Any) -> None:
     """Cross-field checks, in one place, before any heavy work. Messages quote the values."""
+    check_steps_config(cfg)
+    check_agent_config(cfg)
     for key, valid in CHOICES.items():
         value = _get(cfg, key)
         if value not in valid:

@@ -108,6 +108,8 @@ def read_json_or_yaml(path: str | os.PathLike, key: str) -> Any:
     try:
         return loads_strict(text)
     except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # JSON Lines named .json (BFCL's function files)
+            return [strip_private(r) for r in read_jsonl(p, key)]
         raise file_error(p, exc.lineno, f"malformed JSON ({exc.msg})") from None
     except ValueError as exc:
         raise file_error(p, None, f"malformed JSON ({exc})") from None

@@ -40,6 +40,12 @@ class ToolPools:
 
 def build_pools(data_cfg, seed: int) -> ToolPools:
     tools = load_tools(data_cfg.tools_file, data_cfg.include_builtin_tools)
+    if data_cfg.tools:
+        known = {t.name for t in tools}
+        unknown = [n for n in data_cfg.tools if n not in known]
+        if unknown:
+            raise config_error("data.tools", list(data_cfg.tools), f"{unknown} not in the tool library; valid: {sorted(known)}")
+        tools = [t for t in tools if t.name in set(data_cfg.tools)]
     names = {t.name for t in tools}
     unknown = [h for h in data_cfg.heldout_tools if h not in names]
     if unknown:

@@ -27,3 +27,20 @@ class RunContext:
         rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
         world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
         return cls(run_dir=Path(run_dir).resolve(), rank=rank, world_size=world)
+
+
+def finished(cfg, ctx: RunContext, name: str) -> dict | None:
+    """The saved result of stage ``name`` in this run dir, if it finished and ``resume=auto``."""
+    import json
+
+    p = ctx.path("stages", f"{name}.json")
+    if cfg.resume == "auto" and p.exists():
+        return json.loads(p.read_text())
+    return None
+
+
+def mark_finished(ctx: RunContext, name: str, result: dict) -> None:
+    from agent_align.jsonl import write_json
+
+    if ctx.is_main:
+        write_json(ctx.path("stages", f"{name}.json"), result)

@@ -7,14 +7,16 @@ Writes data/train.jsonl and data/eval.jsonl in the run directory (byte-identical
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 
 from tqdm import tqdm
 
 from agent_align.data.generator import Generator
 from agent_align.jsonl import write_jsonl
-from agent_align.stages.context import RunContext
+from agent_align.stages.context import RunContext, finished, mark_finished
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +27,23 @@ def data_paths(cfg, ctx: RunContext):
     return train, eval_
 
 
+def wait_for_rank0(ctx: RunContext, name: str, timeout: float = 3600.0) -> dict:
+    marker = ctx.path("stages", f"{name}.json")
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank {ctx.rank}: rank 0 did not finish {name} within {timeout:.0f}s")
+        time.sleep(0.5)
+    return json.loads(marker.read_text())
+
+
 def run(cfg, ctx: RunContext) -> dict:
     train_path, eval_path = data_paths(cfg, ctx)
+    done = finished(cfg, ctx, "generate")
+    if done and Path(train_path).exists() and Path(eval_path).exists():
+        return done
+    if not ctx.is_main:  # data is generated once, by rank 0; the others read it after the barrier
+        result = {"train_path": train_path, "eval_path": eval_path}
     start = time.perf_counter()
     gen = Generator(cfg.data, cfg.seed)
     bar = dict(unit="prompt", disable=None, mininterval=1.0)
@@ -38,7 +55,9 @@ def run(cfg, ctx: RunContext) -> dict:
     log.info("wrote %d train pairs to %s and %d eval rows to %s in %.1fs", n_train, train_path, n_eval, eval_path, seconds)
     log.info("negative types: %s", {k: v for k, v in stats.items() if not k.startswith("dropped")})
     log.info("dropped (failed verification or not applicable): %s", dropped or "none")
-    return {"train_path": train_path, "eval_path": eval_path, "n_train": n_train, "n_eval": n_eval,
+    result = {"train_path": train_path, "eval_path": eval_path, "n_train": n_train, "n_eval": n_eval,
             "stats": stats, "seconds": seconds, "tools": {"seen": [t.name for t in gen.pools.seen],
                                                           "unseen": [t.name for t in gen.pools.unseen],
                                                           "procedural": len(gen.pools.procedural)}}
+    mark_finished(ctx, "generate", result)
+    return result

@@ -1,0 +1,128 @@
+"""Schemas of the ``env`` and ``agent`` config groups (registered in ``agent_align.config``) and their
+cross-field checks. Kept beside the environment, like ``agent_align/steps/config.py``, so the shared
+config module only gains the registration lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from agent_align.errors import config_error
+
+
+@dataclass
+class EnvConfig:
+    name: str = "org"
+    world_seed: int = 0  # the synthetic organisation and its tasks; separate from `seed` so training seeds share tasks
+    subdomain_mode: str = "slot_filling"  # slot_filling (a tool per endpoint) | rest (one HTTP tool) | selection
+    scenario: str = "both"  # rag_before_api | api_before_rag | both (tasks of both orders, balanced)
+    horizon: int = 6  # steps before an episode is truncated; longer = longer contexts for the agent
+    top_k: int = 2  # documents per retrieve_documents call; higher = longer observations
+    n_tasks: int = 200  # generated tasks, split train/test (the world has 120 per scenario)
+    test_fraction: float = 0.25
+    tool_availability: Optional[str] = None  # null -> per task from availability_mix; a value forces it on all tasks
+    availability_mix: Dict[str, float] = field(default_factory=lambda: {
+        "both_api_rag": 0.7, "only_rag": 0.1, "only_api": 0.1, "neither_api_rag": 0.1})
+    policy_fraction: float = 0.2  # share of tasks with a tool_usage policy (half of them forbid a needed tool)
+    tasks_path: Optional[str] = None  # JSONL of tasks (the generator's format) instead of generating
+    observation_max_chars: int = 600  # longer tool results are cut; keeps small models' contexts short
+    retrieval_backend: str = "sqlite"  # sqlite (embedded FTS5, BM25) | elasticsearch (also OpenSearch)
+    retrieval_url: Optional[str] = None  # elasticsearch: https://host:9200 (user/password: ES_USERNAME/ES_PASSWORD)
+    retrieval_index_prefix: str = "agent_align-"  # index name = prefix + collection
+    retrieval_populate: bool = True  # upload the world's documents to the remote index at start (idempotent)
+    rest_base_url: Optional[str] = None  # rest mode: a remote API; null -> a server on 127.0.0.1 the env starts
+    http_timeout_s: float = 10.0
+
+
+@dataclass
+class OpenAIConfig:
+    base_url: str = "http://127.0.0.1:8000/v1"  # any OpenAI-compatible server (vLLM, TGI, llama.cpp, hosted)
+    model: str = "gpt-4o-mini"
+    api_key_env: str = "OPENAI_API_KEY"  # NAME of the variable holding the key; the key is never in configs or logs
+    max_retries: int = 4  # on 429/5xx/connection errors, exponential backoff from 1 s
+    timeout_s: float = 60.0
+    concurrency: int = 4  # requests in flight per batch
+    cache: bool = True  # responses cached on disk by request; re-runs cost nothing
+    cache_dir: Optional[str] = None  # null -> $AGENT_ALIGN_CACHE/llm (~/.cache/agent_align/llm)
+
+
+@dataclass
+class AgentConfig:
+    name: str = "hf"
+    backend: str = "hf"  # hf (local model) | openai (HTTP) | random (baseline) | expert (replays ground truth)
+    model_path: Optional[str] = None  # hf: a checkpoint dir (null -> model.*)
+    split: str = "test"  # train | test | all: which tasks to run
+    limit: int = 0  # 0 -> every task of the split
+    num_samples: int = 1  # episodes per task (use temperature > 0): success/failure pairs of the same task
+    max_new_tokens: int = 96
+    temperature: float = 0.0  # 0 -> greedy
+    top_p: float = 1.0
+    batch_size: int = 64  # episodes advanced together: one generate call per step for all of them
+    expert_mode: Optional[str] = None  # null | ground_truth | random | informed (seed 003)
+    expert: str = "ground_truth"  # ground_truth (replay) | openai | hf (an LLM given the gold trajectory)
+    expert_model_path: Optional[str] = None  # expert=hf: its checkpoint (null -> model.*)
+    expert_assist_random_epsilon: float = 0.5  # random: chance the expert takes each step
+    expert_assist_init_limit: int = 2  # informed: steps the agent always takes alone first
+    expert_assist_recent_limit: int = -2  # informed: negative; the expert steps in when the last N steps all failed
+    save_alternate_trace: bool = False  # step-level pairs at branching points -> preferences/step_pairs.jsonl
+    trajectory_pairs: bool = False  # success vs failure of the same task -> preferences/trajectory_pairs.jsonl
+    pair_runs: List[str] = field(default_factory=list)  # other runs' dirs whose trajectories join the pairing
+    mask_suboptimal_traces: bool = False  # trajectory pairs: don't train on bad steps of chosen / good of rejected
+    max_pairs_per_task: int = 4
+    judge: str = "match"  # match (normalised answer) | openai | hf (an LLM judge through that backend)
+    judge_model_path: Optional[str] = None  # judge=hf: its checkpoint (null -> model.*)
+    resume_from: Optional[str] = None  # a run dir: its finished trajectories are kept, the rest are run
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
+
+
+EXPERT_MODES = (None, "ground_truth", "random", "informed")
+
+
+def expert_mode(agent_cfg) -> Optional[str]:
+    """``agent.expert_mode``, with seed 003's spelling ``None`` accepted for null."""
+    m = agent_cfg.expert_mode
+    return None if m in (None, "None", "none", "null") else m
+
+
+def check_agent_config(cfg) -> None:
+    """Cross-field checks of env.* and agent.*; messages quote the values."""
+    from agent_align.agents import BACKENDS, EXPERTS, JUDGES
+    from agent_align.env.tasks import SCENARIOS
+    from agent_align.env.toolset import AVAILABILITY, MODES
+
+    e, a = cfg.env, cfg.agent
+    for key, value, valid in (("env.subdomain_mode", e.subdomain_mode, MODES),
+                              ("env.scenario", e.scenario, SCENARIOS + ("both",)),
+                              ("env.retrieval_backend", e.retrieval_backend, ("sqlite", "elasticsearch")),
+                              ("env.tool_availability", e.tool_availability, (None,) + AVAILABILITY),
+                              ("agent.split", a.split, ("train", "test", "all")),
+                              ("agent.expert_mode", expert_mode(a), EXPERT_MODES),
+                              ("agent.backend", a.backend, tuple(BACKENDS.names())),
+                              ("agent.expert", a.expert, tuple(EXPERTS)),
+                              ("agent.judge", a.judge, tuple(JUDGES))):
+        if value not in valid:
+            raise config_error(key, value, f"valid values: {', '.join(str(v) for v in valid)}")
+    for key, value, low in (("env.horizon", e.horizon, 1), ("env.top_k", e.top_k, 1), ("env.n_tasks", e.n_tasks, 1),
+                            ("agent.num_samples", a.num_samples, 1), ("agent.batch_size", a.batch_size, 1),
+                            ("agent.max_new_tokens", a.max_new_tokens, 1),
+                            ("agent.expert_assist_init_limit", a.expert_assist_init_limit, 0)):
+        if value < low:
+            raise config_error(key, value, f"must be >= {low}")
+    if a.expert_assist_recent_limit >= 0:
+        raise config_error("agent.expert_assist_recent_limit", a.expert_assist_recent_limit,
+                           "must be negative (seed 003: -2 watches the last two steps)")
+    for key, value in (("env.test_fraction", e.test_fraction), ("env.policy_fraction", e.policy_fraction),
+                       ("agent.expert_assist_random_epsilon", a.expert_assist_random_epsilon)):
+        if not 0.0 <= value <= 1.0:
+            raise config_error(key, value, "must be within [0, 1]")
+    bad = [k for k in e.availability_mix if k not in AVAILABILITY]
+    if bad or not any(w > 0 for w in e.availability_mix.values()) or any(w < 0 for w in e.availability_mix.values()):
+        raise config_error("env.availability_mix", dict(e.availability_mix),
+                           f"keys from {', '.join(AVAILABILITY)}, weights >= 0, at least one > 0")
+    if a.save_alternate_trace and expert_mode(a) in (None, "ground_truth"):
+        raise config_error("agent.save_alternate_trace", True, "branching points need an agent and an expert: "
+                           "use agent.expert_mode=informed or random")
+    if a.num_samples > 1 and a.temperature == 0 and a.backend in ("hf", "openai"):
+        raise config_error("agent.num_samples", a.num_samples, "greedy decoding repeats the same episode; "
+                           "set agent.temperature > 0 (e.g. 0.8)")

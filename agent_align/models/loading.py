@@ -1,0 +1,105 @@
+"""Loading a policy (and its tokenizer) from wherever ``model.*`` points.
+
+``model.path`` (a local checkpoint, plain or PEFT adapter) wins over ``model.hub_id``; with neither,
+the embedded model is built locally (``agent_align.models.tiny``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from agent_align.errors import UserError, config_error
+from agent_align.hardware import resolve_attn_implementation, resolve_precision
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model_path(cfg) -> str:
+    """A directory or hub id for the base model of this run."""
+    m = cfg.model
+    if m.path:
+        p = Path(m.path)
+        if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
+            raise config_error("model.path", m.path, "not a model directory (no config.json or adapter_config.json); "
+                               "point it at a checkpoint saved with save_pretrained")
+        return str(p)
+    if m.hub_id:
+        return m.hub_id
+    from agent_align.models.tiny import ensure_tiny
+
+    return str(ensure_tiny(m, cfg.data, cfg.seed))
+
+
+def _dtype(cfg):
+    import torch
+
+    prec = resolve_precision(cfg.hardware)
+    if cfg.hardware.device == "cpu":
+        return torch.float32  # weights stay fp32 on CPU; bf16 comes from autocast (AMX) in the trainers
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[prec]
+
+
+def _quantization(cfg):
+    if cfg.peft.name != "qlora":
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if resolve_precision(cfg.hardware) == "bf16" else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
+
+
+def load_tokenizer(cfg, path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+    except OSError as exc:
+        raise _hub_error(cfg, path, exc) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    if cfg.model.chat_template == "builtin" and (cfg.model.path or cfg.model.hub_id) and not tok.chat_template:
+        from agent_align.models.tiny import CHAT_TEMPLATE
+
+        tok.chat_template = CHAT_TEMPLATE
+    if not tok.chat_template:
+        raise config_error("model.chat_template", cfg.model.chat_template,
+                           f"{path} ships no chat template; use model.chat_template=builtin")
+    return tok
+
+
+def _hub_error(cfg, path: str, exc: Exception) -> UserError:
+    return UserError(f"could not load model '{path}' ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+                     f"the hub may be unreachable: download it elsewhere and set model.path=/local/dir, "
+                     f"or use the embedded model=tiny")
+
+
+def load_model_and_tokenizer(cfg, path: str | None = None, for_training: bool = False):
+    """(model, tokenizer). ``path`` overrides the configured source (a stage's own checkpoint).
+    A PEFT adapter directory loads its base and the adapter (trainable when ``for_training``)."""
+    from transformers import AutoModelForCausalLM
+
+    path = path or resolve_model_path(cfg)
+    adapter = (Path(path) / "adapter_config.json").exists()
+    attn = resolve_attn_implementation(cfg.hardware)
+    kwargs = dict(dtype=_dtype(cfg), attn_implementation=attn, trust_remote_code=cfg.model.trust_remote_code)
+    quant = _quantization(cfg)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    try:
+        if adapter:
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(path, is_trainable=for_training, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise _hub_error(cfg, path, exc) from None
+    tok = load_tokenizer(cfg, path)
+    if cfg.hardware.device == "cuda":
+        model.to("cuda")
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok

@@ -1,0 +1,139 @@
+"""stage=dpo: preference optimisation of the SFT model (TRL DPOTrainer; loss=dpo|ipo|rpo|stepwise|step_dpo).
+
+    python -m agent_align stage=dpo dpo.policy_from=runs/x/checkpoints/sft loss=ipo loss.beta=0.05
+
+Rejected samples come from ``data.negatives_source``: ``synthetic`` (the generator's hard negatives),
+``on_policy`` (the policy's own failing samples, paired with the correct call) or ``mixed``; with
+``dpo.rounds`` > 1, sampling and training alternate. Reference log-probs are computed once per
+round before training (no reference model held) and cached with the round's dataset on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+from agent_align.errors import UserError
+from agent_align.jsonl import read_jsonl, write_jsonl
+from agent_align.stages.context import RunContext, finished, mark_finished
+from agent_align.stages.generate import data_paths
+from agent_align.train.common import log_history_rows, resume_point, save_final, trainer_kwargs, wrap_peft
+from agent_align.train.dpo import TRAINERS
+from agent_align.train.encode import chat_of, system_prompt
+
+log = logging.getLogger(__name__)
+
+
+def build_pairs(cfg, ctx, model, tok, enc, rows: list[dict], round_idx: int) -> tuple[list[dict], dict]:
+    src = cfg.data.negatives_source
+    pairs, stats = [], {}
+    if src in ("on_policy", "mixed"):
+        from agent_align.train.on_policy import sample_negatives
+
+        pairs, stats = sample_negatives(cfg, model, tok, enc, rows, round_idx)
+    if src in ("synthetic", "mixed"):
+        synthetic = list(rows)
+        if src == "mixed" and pairs:  # as many synthetic as on-policy pairs, so neither drowns the other
+            synthetic = random.Random(f"{cfg.seed}-mix-{round_idx}").sample(synthetic, min(len(pairs), len(synthetic)))
+        pairs = pairs + [dict(r, source="synthetic") for r in synthetic]
+    if cfg.loss.name == "step_dpo":
+        from agent_align.steps.pairs import build_step_dpo_pairs
+
+        pairs = build_step_dpo_pairs(pairs, cfg)
+    if cfg.dpo.max_pairs:
+        pairs = pairs[: cfg.dpo.max_pairs]
+    stats["pairs_total"] = len(pairs)
+    return pairs, stats
+
+
+def to_dataset(cfg, ctx, enc, pairs: list[dict], round_idx: int):
+    """Tokenised pairs, saved to disk so TRL's reference log-prob cache (keyed by the dataset's
+    fingerprint and the model's hash) survives a resume."""
+    from datasets import Dataset, load_from_disk
+
+    path = ctx.path("cache", f"dpo_dataset_r{round_idx}")
+    if cfg.resume == "auto" and (path / "dataset_info.json").exists():
+        return load_from_disk(str(path))
+    system = system_prompt(cfg)
+    if cfg.loss.name == "stepwise":
+        from agent_align.steps.trainer import prepare_stepwise_dataset
+
+        ds = prepare_stepwise_dataset(pairs, enc.tok, system=system, max_length=cfg.model.max_length, cfg=cfg)
+    elif cfg.loss.name == "step_dpo":  # the correct prefix ends the prompt
+        from agent_align.steps.pairs import step_dpo_example
+
+        ds = Dataset.from_list([step_dpo_example(enc, chat_of(p, system), p) for p in pairs])
+    else:
+        ds = Dataset.from_list([enc.dpo_example(chat_of(p, system), p["chosen"], p["rejected"]) for p in pairs])
+    ds.save_to_disk(str(path))
+    return load_from_disk(str(path))
+
+
+def train_round(cfg, ctx: RunContext, model, tok, dataset, round_idx: int):
+    from trl import DPOConfig
+
+    trainer_cls = TRAINERS.get(cfg.loss.name)
+    out = ctx.path("checkpoints", f"dpo-trainer-r{round_idx}")
+    hw = cfg.hardware
+    args = DPOConfig(**trainer_kwargs(cfg, cfg.dpo, out, hw.dpo_batch_size, hw.dpo_grad_accum,
+                                      f"{cfg.experiment_name}-dpo-r{round_idx}"),
+                     beta=cfg.loss.beta, loss_type=list(cfg.loss.loss_type),
+                     loss_weights=list(cfg.loss.loss_weights) if cfg.loss.loss_weights else None,
+                     label_smoothing=cfg.loss.label_smoothing,
+                     precompute_ref_log_probs=cfg.dpo.precompute_ref_log_probs,
+                     precompute_ref_batch_size=hw.eval_batch_size)
+    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tok)
+    trainer.train(resume_from_checkpoint=resume_point(cfg, out))
+    return trainer
+
+
+def run(cfg, ctx: RunContext) -> dict:
+    done = finished(cfg, ctx, "dpo")
+    if done:
+        log.info("dpo already finished in %s; skipping (resume=never to redo)", ctx.run_dir)
+        return done
+    from agent_align.stages.sft import policy
+
+    marker = ctx.path("stages", "sft.json")
+    sft_ckpt = json.loads(marker.read_text())["checkpoint"] if marker.exists() else str(ctx.path("checkpoints", "sft"))
+    start = cfg.dpo.policy_from or sft_ckpt
+    if not Path(start).exists() and not cfg.sft.skip:
+        raise UserError(f"no SFT checkpoint at {start}: run stage=sft first or set dpo.policy_from=DIR")
+    train_path, _ = data_paths(cfg, ctx)
+    rows = read_jsonl(train_path, "data.train_path", required=("prompt", "chosen", "rejected", "schema"))
+    if cfg.data.negatives == "nat":  # a NAT-trained policy is always prompted with the positive tag
+        from agent_align.steps.nat import with_positive_tag
+
+        rows = with_positive_tag(rows, cfg)
+    model, tok, enc = policy(cfg, ctx, start)
+    model = wrap_peft(cfg, model, new_adapter=cfg.peft.new_adapter_for_dpo)
+    history, rounds = [], []
+    for r in range(cfg.dpo.rounds):
+        pairs, stats = build_pairs(cfg, ctx, model, tok, enc, rows, r)
+        if ctx.is_main:
+            write_jsonl(ctx.path("data", f"dpo_pairs_r{r}.jsonl"), pairs)
+        if not pairs:
+            log.warning("round %d: no preference pairs (the policy passed every sample); stopping", r)
+            rounds.append(stats)
+            break
+        trainer = train_round(cfg, ctx, model, tok, to_dataset(cfg, ctx, enc, pairs, r), r)
+        model = trainer.model
+        history.extend(dict(h, round=r) for h in log_history_rows(trainer))
+        rounds.append(stats)
+    dest = ctx.path("checkpoints", "dpo")
+    if history:
+        save_final(trainer, tok, dest, cfg, {"stage": "dpo", "loss": cfg.loss.name, "rounds": rounds})
+    else:  # nothing to learn: the aligned model is the SFT model
+        model.save_pretrained(str(dest))
+        tok.save_pretrained(str(dest))
+    if ctx.is_main:
+        write_jsonl(ctx.path("metrics", "dpo.jsonl"), history)
+    ctx.cache["policy"] = (model, tok, str(dest))
+    margins = [h["rewards/margins"] for h in history if "rewards/margins" in h]
+    result = {"checkpoint": str(dest), "rounds": rounds, "loss": cfg.loss.name,
+              "final_reward_margin": margins[-1] if margins else None,
+              "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None)}
+    mark_finished(ctx, "dpo", result)
+    return result

@@ -1,0 +1,85 @@
+"""stage=sft: supervised cold start on the chosen calls (TRL SFTTrainer, assistant tokens only).
+
+    python -m agent_align stage=sft data.train_path=runs/x/data/train.jsonl sft.epochs=2
+
+Writes checkpoints/sft (loadable with AutoModelForCausalLM, or PEFT for adapters), metrics/sft.jsonl.
+Re-running after a kill resumes from the newest checkpoint in checkpoints/sft-trainer.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from agent_align.jsonl import read_jsonl, write_jsonl
+from agent_align.stages.context import RunContext, finished, mark_finished
+from agent_align.stages.generate import data_paths
+from agent_align.train.common import log_history_rows, resume_point, save_final, trainer_kwargs, wrap_peft
+from agent_align.train.encode import Encoder, chat_of, system_prompt, unique_prompts
+
+log = logging.getLogger(__name__)
+
+
+def policy(cfg, ctx: RunContext, path: str | None = None, for_training: bool = True):
+    """(model, tokenizer, encoder): reused from an earlier pipeline stage when it holds ``path``."""
+    from agent_align.models import load_model_and_tokenizer
+
+    held = ctx.cache.get("policy")
+    if held and held[2] == path:
+        return held[0], held[1], ctx.cache["encoder"]
+    model, tok = load_model_and_tokenizer(cfg, path=path, for_training=for_training)
+    enc = ctx.cache.get("encoder")
+    if enc is None or enc.tok.get_vocab() != tok.get_vocab():
+        enc = Encoder(tok, cfg.model.max_length, cfg.model.max_prompt_length)
+        ctx.cache["encoder"] = enc
+    ctx.cache["policy"] = (model, tok, path)
+    return model, tok, enc
+
+
+def sft_examples(cfg, rows: list[dict], enc: Encoder) -> list[dict]:
+    system = system_prompt(cfg)
+    if cfg.data.negatives == "nat":
+        from agent_align.steps.nat import nat_sft_rows
+
+        return [enc.sft_example(chat_of(r, r.get("system", system)), r["completion"]) for r in nat_sft_rows(rows, cfg)]
+    return [enc.sft_example(chat_of(r, system), r["chosen"]) for r in unique_prompts(rows)]
+
+
+def run(cfg, ctx: RunContext) -> dict:
+    done = finished(cfg, ctx, "sft")
+    if done:
+        log.info("sft already finished in %s; skipping (resume=never to redo)", ctx.run_dir)
+        return done
+    if cfg.sft.skip:  # DPO starts from the base model itself
+        from agent_align.models import resolve_model_path
+
+        result = {"checkpoint": cfg.sft.init_from or resolve_model_path(cfg), "skipped": True}
+        mark_finished(ctx, "sft", result)
+        return result
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    train_path, _ = data_paths(cfg, ctx)
+    rows = read_jsonl(train_path, "data.train_path", required=("prompt", "chosen"))
+    model, tok, enc = policy(cfg, ctx, cfg.sft.init_from)
+    model = wrap_peft(cfg, model)
+    examples = sft_examples(cfg, rows, enc)
+    dataset = Dataset.from_list([{**e, "length": len(e["input_ids"])} for e in examples])
+    out = ctx.path("checkpoints", "sft-trainer")
+    hw = cfg.hardware
+    args = SFTConfig(**trainer_kwargs(cfg, cfg.sft, out, hw.sft_batch_size, hw.sft_grad_accum, f"{cfg.experiment_name}-sft"),
+                     weight_decay=cfg.sft.weight_decay, packing=cfg.sft.packing,
+                     train_sampling_strategy="group_by_length" if cfg.sft.group_by_length and not cfg.sft.packing
+                     else "random")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
+    trainer.train(resume_from_checkpoint=resume_point(cfg, out))
+    dest = ctx.path("checkpoints", "sft")
+    save_final(trainer, tok, dest, cfg, {"stage": "sft", "examples": len(examples)})
+    history = log_history_rows(trainer)
+    if ctx.is_main:
+        write_jsonl(ctx.path("metrics", "sft.jsonl"), history)
+    ctx.cache["policy"] = (trainer.model, tok, str(dest))
+    n_tokens = sum(len(e["input_ids"]) for e in examples)
+    result = {"checkpoint": str(dest), "examples": len(examples), "tokens_per_epoch": n_tokens,
+              "steps": trainer.state.global_step, "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None)}
+    mark_finished(ctx, "sft", result)
+    return result

@@ -1,0 +1,132 @@
+"""Preference pairs built from step scores: Step-DPO pairs and best/worst pairs of samples.
+
+    from agent_align.steps.pairs import build_step_dpo_pairs
+    pairs = build_step_dpo_pairs(rows, scorer)   # loss=step_dpo trains on these with the sigmoid loss
+
+Step-DPO (Lai et al. 2024): the rejected answer is cut at its first wrong step. What comes before
+(the correct steps, and the observations between them) becomes ``assistant_prefix``, the start of
+the assistant's turn that the prompt ends with; ``rejected`` is the wrong step and ``chosen`` a correct
+step at the same point: a scored on-policy continuation from ``continuations`` when the row has one,
+else the step of the correct answer at that index (``steps.step_dpo_chosen=rest``: the rest of it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+from agent_align.steps.scoring import all_correct, completion_format, first_wrong, mean_score, score_rows
+from agent_align.steps.split import split_steps
+
+log = logging.getLogger(__name__)
+SCORE_KEYS = ("chosen_scores", "rejected_scores")
+
+
+def _cut_at(completion: Any, segments, k: int) -> tuple[Any, Any, Any]:
+    """(prefix before step k, step k, everything from step k on) of a text or message-list completion."""
+    steps = [s for s in segments if s.kind == "step"]
+    seg = steps[k]  # offsets are chars of a text, or message indices of a list: slicing works for both
+    return completion[:seg.start], completion[seg.start:seg.end], completion[seg.start:]
+
+
+def build_step_dpo_pairs(rows: list[dict], scorer, *, threshold: float = 0.5, fmt: str = "auto",
+                         chosen: str = "step", stats: Counter | None = None, default: str = "json") -> list[dict]:
+    """One Step-DPO pair per row whose rejected answer has a wrong step and whose correct answer
+    (or an on-policy continuation) offers a correct step there. Rows lacking scores are scored.
+
+    ``scorer`` is a step scorer, or the run config: then the ``scorer=`` group builds one and
+    ``steps.threshold``/``steps.format``/``steps.step_dpo_chosen`` override the keywords."""
+    if scorer is not None and not hasattr(scorer, "score") and hasattr(scorer, "scorer"):
+        from agent_align.steps.scorers import build_scorer
+
+        cfg = scorer
+        threshold, fmt, chosen, default = cfg.steps.threshold, cfg.steps.format, cfg.steps.step_dpo_chosen, cfg.data.format
+        scorer = build_scorer(cfg.scorer, cfg)
+    stats = stats if stats is not None else Counter()
+    todo = [r for r in rows if any(r.get(k) is None for k in SCORE_KEYS)]
+    if todo:
+        score_rows(todo, scorer, fmt, default=default)
+    out = []
+    for r in rows:
+        rej_fmt = completion_format(r["rejected"], fmt, default)
+        k = first_wrong(r["rejected_scores"], threshold)
+        if k is None:
+            stats["skipped_rejected_all_correct"] += 1
+            continue
+        prefix, wrong_step, _ = _cut_at(r["rejected"], split_steps(r["rejected"], rej_fmt), k)
+        good = _continuation(r, k, threshold, fmt, chosen, default)
+        if good is None:
+            stats["skipped_no_correct_step"] += 1
+            continue
+        pair = {key: v for key, v in r.items() if key not in SCORE_KEYS and key != "continuations"}
+        pair.update({"id": f"{r.get('id', len(out))}-step{k}", "assistant_prefix": prefix, "chosen": good,
+                     "rejected": wrong_step, "step_index": k})
+        out.append(pair)
+        stats["pairs"] += 1
+    log.info("step-dpo pairs: %s", dict(stats))
+    return out
+
+
+def _continuation(row: dict, k: int, threshold: float, fmt: str, mode: str, default: str) -> Any:
+    for cont in row.get("continuations") or []:  # on-policy: sampled after the prefix, scored per step
+        if all_correct(cont.get("scores", []), threshold):
+            return cont["text"]
+    scores = row["chosen_scores"]
+    if not scores:
+        return None
+    j = min(k, len(scores) - 1)
+    if scores[j] < threshold or not all_correct(scores[: j + 1], threshold):
+        return None
+    c = row["chosen"]
+    _, step, rest = _cut_at(c, split_steps(c, completion_format(c, fmt, default)), j)
+    return rest if mode == "rest" else step
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def step_dpo_example(enc, chat: dict, row: dict) -> dict:
+    """Token ids of a Step-DPO pair for the pipeline's Encoder: the prompt is the rendered request
+    followed by the correct prefix (the start of the assistant turn); the completions are the
+    correct and the wrong step, each with the template's end of turn."""
+    prefix = row.get("assistant_prefix") or ""
+
+    def turns(step):
+        if isinstance(prefix, list):  # a trajectory: earlier turns, then the step
+            return prefix + (step if isinstance(step, list) else [{"role": "assistant", "content": step}])
+        return (prefix + step) if isinstance(step, str) else step
+    c_ids = enc.completion_ids(chat, turns(row["chosen"]))
+    r_ids = enc.completion_ids(chat, turns(row["rejected"]))
+    if isinstance(prefix, list):
+        n = common_prefix_length(c_ids, r_ids)
+    else:  # tokens that lie inside the prefix text in both sequences (a merge at the cut stays in the step)
+        p_ids = enc.tok(prefix, add_special_tokens=False)["input_ids"]
+        n = min(common_prefix_length(p_ids, c_ids), common_prefix_length(p_ids, r_ids))
+    return {"prompt_ids": enc.prompt_ids(chat) + c_ids[:n], "chosen_ids": c_ids[n:], "rejected_ids": r_ids[n:]}
+
+
+def best_worst_pair(row: dict, samples: list[str], scores: list[list[float]], *, threshold: float,
+                    min_margin: float = 0.0, use_gold: bool = True) -> dict | None:
+    """The best-scoring sample (or the gold answer when no sample is all-correct and ``use_gold``)
+    against the worst one; None when they are not far enough apart."""
+    means = [mean_score(s) for s in scores]
+    worst = min(range(len(samples)), key=lambda i: (means[i], i))
+    best = max(range(len(samples)), key=lambda i: (means[i], -i))
+    chosen, chosen_scores, source = samples[best], scores[best], "sample"
+    if not all_correct(scores[best], threshold):
+        if not use_gold or row.get("chosen") is None or row.get("chosen_scores") is None:
+            return None
+        chosen, chosen_scores, source = row["chosen"], row["chosen_scores"], "gold"
+    if mean_score(chosen_scores) - means[worst] <= min_margin or all_correct(scores[worst], threshold):
+        return None
+    pair = {k: v for k, v in row.items() if k not in SCORE_KEYS}
+    pair.update({"chosen": chosen, "rejected": samples[worst], "chosen_scores": chosen_scores,
+                 "rejected_scores": scores[worst], "chosen_source": source, "negative_type": "on_policy"})
+    return pair

@@ -1,0 +1,1 @@
+"""Training: tokenised datasets, TRL trainer construction, checkpoints and resume."""

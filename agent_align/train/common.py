@@ -1,0 +1,134 @@
+"""What SFT and DPO share: trainer arguments from our config, PEFT wrapping, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from agent_align.hardware import resolve_precision
+
+log = logging.getLogger(__name__)
+
+
+def trainer_kwargs(cfg, stage_cfg, out_dir: Path, batch: int, accum: int, run_name: str) -> dict:
+    """Keyword arguments shared by SFTConfig and DPOConfig (validated by TRL itself)."""
+    hw = cfg.hardware
+    prec = resolve_precision(hw)
+    ds = hw.distributed
+    kw = dict(
+        output_dir=str(out_dir), run_name=run_name, seed=cfg.seed, data_seed=cfg.seed,
+        per_device_train_batch_size=batch, gradient_accumulation_steps=accum,
+        learning_rate=stage_cfg.lr, num_train_epochs=stage_cfg.epochs, max_steps=stage_cfg.max_steps,
+        warmup_steps=stage_cfg.warmup_steps, lr_scheduler_type=stage_cfg.lr_scheduler,
+        logging_steps=stage_cfg.logging_steps, logging_first_step=True,
+        save_strategy="steps", save_steps=stage_cfg.save_steps, save_total_limit=2,
+        bf16=prec == "bf16", fp16=prec == "fp16", use_cpu=hw.device == "cpu",
+        gradient_checkpointing=hw.gradient_checkpointing,
+        report_to=["wandb"] if cfg.logger.name == "wandb" else [],
+        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=False,
+        max_length=cfg.model.max_length,
+        # bf16 on CPU (oneDNN) builds a kernel per new tensor shape: padding lengths to a multiple of
+        # 32 keeps the set of shapes small (measured here: 2.4 s -> 0.64 s per step on the tiny model)
+        pad_to_multiple_of=32,
+    )
+    if ds.backend == "deepspeed":
+        kw["deepspeed"] = ds.deepspeed_config
+    if ds.backend in ("ddp", "deepspeed") and hw.device == "cpu":
+        kw["ddp_backend"] = "gloo"
+    if hw.liger_kernels:
+        kw["use_liger_kernel"] = True
+    return kw
+
+
+def last_checkpoint(out_dir: Path) -> str | None:
+    """Newest complete ``checkpoint-N`` (one with trainer_state.json) in ``out_dir``."""
+    if not out_dir.is_dir():
+        return None
+    ckpts = []
+    for p in out_dir.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and (p / "trainer_state.json").exists():
+            ckpts.append((int(m.group(1)), p))
+    return str(max(ckpts)[1]) if ckpts else None
+
+
+def resume_point(cfg, out_dir: Path) -> str | None:
+    if cfg.resume != "auto":
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        return None
+    ckpt = last_checkpoint(out_dir)
+    if ckpt:
+        log.info("resuming from %s", ckpt)
+    return ckpt
+
+
+def peft_config(cfg):
+    if cfg.peft.name == "none":
+        return None
+    from peft import LoraConfig
+
+    targets = list(cfg.peft.target_modules or cfg.model.lora_target_modules)
+    return LoraConfig(r=cfg.peft.r, lora_alpha=cfg.peft.alpha, lora_dropout=cfg.peft.dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+
+
+def wrap_peft(cfg, model, new_adapter: bool = True):
+    """Adds a LoRA adapter (QLoRA: after preparing the 4-bit base) unless the model already has one
+    that should keep training."""
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    pc = peft_config(cfg)
+    if pc is None:
+        return model
+    if isinstance(model, PeftModel) and not new_adapter:
+        return model
+    if isinstance(model, PeftModel):  # new adapter for DPO on top of the merged SFT adapter
+        model = model.merge_and_unload()
+    if cfg.peft.name == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.hardware.gradient_checkpointing)
+    return get_peft_model(model, pc)
+
+
+def save_final(trainer, tokenizer, dest: Path, cfg, extra: dict | None = None) -> None:
+    """Save the trained model where plain transformers (or PEFT, for adapters) loads it; written to
+    a temp dir and renamed so a kill never leaves a half-saved checkpoint."""
+    if not trainer.is_world_process_zero():
+        trainer.save_model(str(dest.parent / f".{dest.name}.rank"))  # collective under ZeRO-3; rank 0 writes
+        return
+    tmp = dest.parent / f".{dest.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    trainer.save_model(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / "agent_align_stage.json").write_text(json.dumps(extra or {}, indent=2, default=str))
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    if cfg.peft.name != "none" and cfg.peft.export_merged:
+        export_merged(dest, cfg)
+
+
+def export_merged(adapter_dir: Path, cfg) -> Path:
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    out = adapter_dir.parent / f"{adapter_dir.name}-merged"
+    model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir))
+    merged = model.merge_and_unload()
+    tmp = out.parent / f".{out.name}.tmp"
+    merged.save_pretrained(str(tmp))
+    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    log.info("merged checkpoint exported to %s", out)
+    return out
+
+
+def log_history_rows(trainer) -> list[dict]:
+    return [dict(r) for r in trainer.state.log_history]

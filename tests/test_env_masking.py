@@ -1,0 +1,97 @@
+"""Loss masks for trajectories on a real tokenizer (a BPE trained here) and real chat templates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent_align.env.masking import IGNORE, encode_conversation, encode_preference, encode_sft_row
+from agent_align.errors import UserError
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+BUILTIN = Path(__file__).resolve().parents[1] / "agent_align" / "models" / "chat_template.jinja"
+SPECIAL = ["<|im_start|>", "<|im_end|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>", "<|bos|>"]
+
+CONV = [
+    {"role": "system", "content": "You are an assistant with tools."},
+    {"role": "user", "content": "How many days of leave does Mei Sato get?"},
+    {"role": "assistant", "content": '{"tool": "get_employee", "parameters": {"name": "Mei Sato"}}'},
+    {"role": "tool", "content": '{"name": "Mei Sato", "country": "Japan"}'},
+    {"role": "assistant", "content": '{"tool": "retrieve_documents", "parameters": {"collection": "hr_policies"}}',
+     "train": False},
+    {"role": "tool", "content": "ERROR invalid_call/missing_required: parameters: 'query' is a required property"},
+    {"role": "assistant", "content": '{"tool": "FINAL", "parameters": {"answer": "24"}}'},
+]
+
+
+def make_tokenizer(template: str):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([m["content"] for m in CONV] * 3, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|end|>", pad_token="<|end|>")
+    fast.chat_template = template
+    return fast
+
+
+@pytest.fixture(scope="module", params=["chatml", "builtin"])
+def tok(request):
+    return make_tokenizer(CHATML if request.param == "chatml" else BUILTIN.read_text())
+
+
+def trained_text(tok, enc) -> str:
+    return tok.decode([t for t, m in zip(enc["input_ids"], enc["loss_mask"]) if m])
+
+
+def test_only_assistant_turns_are_trained_never_observations(tok):
+    enc = encode_sft_row({"messages": CONV, "tools": None}, tok)
+    text = trained_text(tok, enc)
+    assert '"get_employee"' in text and '"FINAL"' in text
+    assert "Japan" not in text and "ERROR" not in text and "leave does" not in text  # tool + user text masked
+    assert "hr_policies" not in text  # the turn marked train=false
+    assert enc["trained_turns"] == [2, 6]
+    assert all((lab == IGNORE) != bool(m) for lab, m in zip(enc["labels"], enc["loss_mask"]))
+    assert len(enc["input_ids"]) == len(enc["labels"]) == len(enc["loss_mask"])
+    # each trained span ends with the turn's end-of-turn token, so the model learns to stop
+    end = "<|im_end|>" if "<|im_end|>" in tok.decode(enc["input_ids"]) else "<|end|>"
+    assert text.count(end) == 2
+
+
+def test_mask_history_trains_the_last_turn_only(tok):
+    enc = encode_conversation(CONV, tok, mask_history=True)
+    text = trained_text(tok, enc)
+    assert enc["trained_turns"] == [6] and '"FINAL"' in text and "get_employee" not in text
+
+
+def test_preference_masks_prompt_and_observations_inside_completions(tok):
+    row = {"prompt": CONV[:2], "chosen": CONV[2:4] + CONV[6:], "tools": None,
+           "rejected": [CONV[2], CONV[3], {"role": "assistant", "content": '{"tool": "FINAL", "parameters": '
+                                                                            '{"answer": "30"}}'}]}
+    enc = encode_preference(row, tok)
+    n = enc["prompt_length"]
+    prompt_only = encode_conversation(CONV[:2], tok)["input_ids"]
+    assert enc["chosen_input_ids"][:n] == enc["rejected_input_ids"][:n] == prompt_only[:n] and n >= len(prompt_only) - 1
+    for side in ("chosen", "rejected"):
+        mask = enc[f"{side}_loss_mask"]
+        text = tok.decode([t for t, m in zip(enc[f"{side}_input_ids"], mask) if m])
+        assert not any(mask[:n]) and "Japan" not in text and "get_employee" in text
+    assert '"30"' in tok.decode([t for t, m in zip(enc["rejected_input_ids"], enc["rejected_loss_mask"]) if m])
+
+
+def test_max_length_truncates_ids_and_masks_together(tok):
+    enc = encode_conversation(CONV, tok, max_length=20)
+    assert len(enc["input_ids"]) == len(enc["loss_mask"]) == len(enc["labels"]) == 20
+
+
+def test_template_that_is_not_prefix_stable_is_rejected():
+    unstable = ("{% for m in messages %}{% if loop.last %}[last]{% endif %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+                "{% if add_generation_prompt %}assistant: {% endif %}")
+    with pytest.raises(UserError, match="not prefix-stable"):
+        encode_conversation(CONV, make_tokenizer(unstable))
