@@ -33,7 +33,7 @@ class ModelConfig:
                                                                     "gate_proj", "up_proj", "down_proj"])
     trust_remote_code: bool = False
     # Built-in (from scratch) architecture; ignored for hub/local checkpoints.
-    vocab_size: int = 1024  # BPE vocabulary trained on the generated corpus
+    vocab_size: int = 2048  # BPE vocabulary trained on the generated corpus
     hidden_size: int = 192
     num_layers: int = 4
     num_heads: int = 4
@@ -244,7 +244,24 @@ GROUP_SCHEMAS = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "
                  "env": EnvConfig, "agent": AgentConfig}
 
 
+def short_dirname(name: str, limit: int = 120) -> str:
+    """Hydra's override_dirname, kept under file-name limits: long ones end in a hash of the rest."""
+    import hashlib
+
+    name = name.replace("/", "_") or "default"
+    if len(name) <= limit:
+        return name
+    return name[: limit - 13] + "__" + hashlib.sha1(name.encode()).hexdigest()[:11]
+
+
 def register_configs() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("aa_dirname"):
+        OmegaConf.register_new_resolver("aa_dirname", short_dirname)
+    if not OmegaConf.has_resolver("aa_rundir"):  # run_dir=X puts Hydra's own files there too
+        OmegaConf.register_new_resolver(
+            "aa_rundir", lambda run_dir, exp, name: run_dir if run_dir else f"runs/{exp}/{short_dirname(name)}")
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for group, schema in GROUP_SCHEMAS.items():

@@ -8,7 +8,6 @@ sequence in it has emitted EOS.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Sequence
 
 from tqdm import tqdm
@@ -24,12 +23,26 @@ def encode_prompts(tokenizer, chats: Sequence[dict]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
-def autocast_context(model, bf16: bool):
+def inference_copy(model, bf16: bool):
+    """The model to decode with. On a bf16-capable CPU: a bf16 copy with a static KV cache.
+
+    Why: CPU bf16 kernels (oneDNN) are built per tensor shape, and a growing dynamic cache makes a
+    new shape every step, so autocast decoding ran slower than fp32 here; fixed-shape bf16 decoding
+    ran ~3x faster than fp32 (128 prompts x 64 tokens, tiny model). The copy leaves the training
+    weights in full precision.
+    """
+    import copy
+
     import torch
 
-    if bf16 and model.device.type == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    if not bf16 or model.device.type != "cpu" or model.dtype != torch.float32:
+        return model
+    fast = copy.deepcopy(model).to(torch.bfloat16)
+    for module in fast.modules():  # drop trainer-installed forward wrappers (fp32 upcast, autocast, fused head)
+        module.__dict__.pop("forward", None)
+        module.__dict__.pop("_original_forward", None)
+    fast.generation_config.cache_implementation = "static"
+    return fast
 
 
 def generate_ids(model, tokenizer, prompt_ids: Sequence[list[int]], *, max_new_tokens: int = 96, batch_size: int = 64,
@@ -45,6 +58,7 @@ def generate_ids(model, tokenizer, prompt_ids: Sequence[list[int]], *, max_new_t
     out: list = [None] * len(prompt_ids)
     was_training = model.training
     model.eval()
+    decoder = inference_copy(model, bf16)
     gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad,
                       eos_token_id=tokenizer.eos_token_id, num_return_sequences=num_return_sequences, use_cache=True)
     if do_sample:
@@ -62,8 +76,8 @@ def generate_ids(model, tokenizer, prompt_ids: Sequence[list[int]], *, max_new_t
                 seq = prompt_ids[i]
                 ids[row, longest - len(seq):] = torch.tensor(seq)
                 mask[row, longest - len(seq):] = 1
-            with torch.inference_mode(), autocast_context(model, bf16):
-                gen = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **gen_kwargs)
+            with torch.inference_mode():
+                gen = decoder.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **gen_kwargs)
             new = gen[:, longest:].tolist()
             for row, i in enumerate(idx):
                 seqs = new[row * num_return_sequences:(row + 1) * num_return_sequences]

@@ -96,8 +96,13 @@ def status(sweep: Path, wait: bool, interval: float, timeout: float) -> int:
     start = time.time()
     while True:
         jobs, alive = print_status(sweep)
-        finished = bool(jobs) and all(j.state in FINAL for j in jobs) and not alive
-        if finished or not wait:
+        ended = bool(jobs) and all(j.state in FINAL for j in jobs)
+        lost = [j for j in jobs if j.state not in ("done", "completed", "failed")] if ended else []
+        if ended and alive and lost:
+            # submitit learns that SLURM ended a job only from sacct; without it the launcher waits forever
+            pid = json.loads((sweep / "launch.json").read_text())["pid"]
+            print(f"launcher (pid {pid}) is still waiting for jobs SLURM ended; stop it with: kill {pid}", file=sys.stderr)
+        if (ended and (not alive or lost)) or not wait:
             break
         if alive is False and not jobs:  # the launcher died before submitting anything
             print(f"launcher exited without jobs; see {sweep / 'launch.log'}", file=sys.stderr)

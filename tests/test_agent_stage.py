@@ -64,3 +64,50 @@ def test_informed_random_agent_writes_both_preference_files(tmp_path):
     for r in traj:
         assert r["chosen_sample_id"].rsplit("-s", 1)[0] == r["rejected_sample_id"].rsplit("-s", 1)[0] == r["task_id"]
         assert r["mask_suboptimal_traces"] and any(m.get("train") for m in r["rejected"] if m["role"] == "assistant")
+
+
+def test_experiment_composes_and_pipeline_wires_the_stages(tmp_path, monkeypatch):
+    """The orchestration with the trainers and the local model replaced: which files and checkpoints each
+    stage gets. (The real run is measured in docs/agent_env.md; it takes minutes.)"""
+    from agent_align.agents import BACKENDS
+    from agent_align.agents.pipeline import run as pipeline
+    from agent_align.config import check_config
+    from agent_align.jsonl import read_jsonl
+    from agent_align.stages import STAGES
+    from agent_align.stages.context import RunContext
+
+    cfg = compose([f"run_dir={tmp_path}", "+experiment=agentic_sft_dpo", "env.n_tasks=24", "agent.limit=8"])
+    check_config(cfg)
+    assert cfg.stage == "agent_pipeline" and cfg.agent.backend == "hf" and cfg.model.max_length == 768
+    seen = {}
+
+    class Agent:  # right on the first step of each episode, then an invalid reply
+        def act(self, envs):
+            seen.setdefault("models", set()).add(cfg_holder["path"])
+            return [env.render(env.expert_call()) if not env.steps else "oops" for env in envs]
+
+    cfg_holder = {}
+
+    def fake_agent(c, ctx):
+        cfg_holder["path"] = c.agent.model_path
+        return Agent()
+
+    def fake_sft(c, ctx):
+        seen["sft_rows"] = read_jsonl(c.data.train_path, required=("prompt", "chosen", "tools"))
+        return {"checkpoint": str(ctx.path("checkpoints", "sft"))}
+
+    def fake_dpo(c, ctx):
+        seen["dpo_rows"] = read_jsonl(c.data.train_path, required=("prompt", "chosen", "rejected", "schema"))
+        seen["dpo_from"] = c.dpo.policy_from
+        return {"checkpoint": str(ctx.path("checkpoints", "dpo"))}
+
+    real_get = STAGES.get
+    monkeypatch.setattr(STAGES, "get", lambda name: {"sft": fake_sft, "dpo": fake_dpo}.get(name) or real_get(name))
+    monkeypatch.setitem(BACKENDS._items, "hf", fake_agent)
+    summary = pipeline(cfg, RunContext(run_dir=tmp_path))
+    assert seen["sft_rows"] and all(r["prompt"][-1]["role"] in ("user", "tool") for r in seen["sft_rows"])
+    assert seen["dpo_rows"] and seen["dpo_from"] == str(tmp_path / "checkpoints" / "sft")
+    assert seen["models"] == {str(tmp_path / "checkpoints" / "sft"), str(tmp_path / "checkpoints" / "dpo")}
+    assert set(summary) >= {"before_dpo", "after_dpo", "informed", "timings"}
+    assert summary["informed"]["step_pairs"] == len(seen["dpo_rows"]) and summary["before_dpo"]["n"] == 6
+    assert json.loads((tmp_path / "agentic_summary.json").read_text())["after_dpo"] == summary["after_dpo"]

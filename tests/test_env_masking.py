@@ -95,3 +95,26 @@ def test_template_that_is_not_prefix_stable_is_rejected():
                 "{% if add_generation_prompt %}assistant: {% endif %}")
     with pytest.raises(UserError, match="not prefix-stable"):
         encode_conversation(CONV, make_tokenizer(unstable))
+
+
+def test_environment_trajectories_train_on_calls_only(tok):
+    from agent_align.agents.policies import GroundTruthExpert
+    from agent_align.agents.runner import Runner
+    from agent_align.env.environment import OrgEnv, match_judge
+    from agent_align.env.preferences import sft_rows, trajectory_pairs
+    from tests.conftest import compose
+
+    cfg = compose(["env.n_tasks=20", "agent=expert"])
+    with OrgEnv(cfg.env) as org:
+        task = next(t for t in org.tasks if t["family"] == "project_head_email" and t["answerable"])
+        win = list(Runner(org, None, GroundTruthExpert(), match_judge, cfg.agent).run([(task, 0, "w")]))[0]
+    row = sft_rows([win])[0]
+    enc = encode_sft_row(row, tok)
+    text = trained_text(tok, enc)
+    observations = [m["content"] for m in row["messages"] if m["role"] == "tool"]
+    assert len(observations) == 3 and len(enc["trained_turns"]) == 4
+    assert not any(o[:40] in text for o in observations) and task["answer"] in text
+    lose = {**win, "sample_id": "l", "success": False, "steps": [dict(s, progress=False) for s in win["steps"]]}
+    pair = encode_preference(trajectory_pairs([win, lose], True, 1)[0], tok)
+    chosen = tok.decode([t for t, m in zip(pair["chosen_input_ids"], pair["chosen_loss_mask"]) if m])
+    assert '"retrieve_documents"' in chosen and not any(o[:40] in chosen for o in observations)

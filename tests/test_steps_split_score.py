@@ -221,3 +221,19 @@ def test_best_worst_pair_prefers_correct_samples_and_falls_back_to_gold():
     assert pair["chosen"] == "gold" and pair["chosen_source"] == "gold"
     assert best_worst_pair(row, ["a", "c"], [[1.0, 0.0], [0.0, 0.0]], threshold=0.5, use_gold=False) is None
     assert best_worst_pair(row, ["a", "b"], [[1.0], [1.0]], threshold=0.5) is None  # nothing to reject
+
+
+def test_step_dpo_example_ends_the_prompt_with_the_correct_prefix():
+    from agent_align.steps.pairs import step_dpo_example
+    from agent_align.train.encode import Encoder
+    from tests.test_steps_trainer import tiny_lm
+
+    _, tok = tiny_lm()
+    enc = Encoder(tok, 256, 200)
+    chat = {"messages": [{"role": "user", "content": "Q: add 2 and 3"}], "tools": []}
+    row = {"assistant_prefix": "Thought: use the calculator tool\n", "chosen": "Action: 2+3", "rejected": "Action: 2*3"}
+    ex = step_dpo_example(enc, chat, row)
+    assert tok.decode(ex["prompt_ids"]).endswith("<|assistant|>Thought: use the calculator tool\n")
+    assert tok.decode(ex["chosen_ids"]) == "Action: 2+3<|end|>" and tok.decode(ex["rejected_ids"]) == "Action: 2*3<|end|>"
+    plain = step_dpo_example(enc, chat, {**row, "assistant_prefix": ""})
+    assert plain["prompt_ids"] == enc.prompt_ids(chat)

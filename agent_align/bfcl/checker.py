@@ -144,7 +144,7 @@ def check_call(call: Call, expected: dict, params_schema: dict) -> AstResult:
         problem = type_problem(value, props[p], f"{name}.{p}")
         if problem:
             # BFCL's "variable" rule: a value typed like the answers (a variable name the answers spell
-            # as a string, a None default) passes the type check and must then equal an answer exactly.
+            # as a string, a None default) passes the type check and must then equal an answer.
             typed = next((a for a in acceptable if a != ""), None)
             if typed is None or not _typed_like(value, typed):
                 return AstResult.fail("type_error", problem)

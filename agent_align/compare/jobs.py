@@ -109,7 +109,9 @@ def sweep_jobs(sweep_dir: str | Path, live: bool = True) -> list[Job]:
     else:  # the basic launcher runs jobs in-process: a summary or stage record means it finished
         for job in jobs:
             job.state = "done" if any((job.dir / f).exists() for f in ("summary.json", "stages")) else "unknown"
-    live_states = _squeue_states([j.job_id for j in jobs if j.job_id and j.state in ("pending", "running")]) if live else {}
+    on_slurm = folder.is_dir() and any(folder.glob("*/*_submission.sh"))  # submitit's local executor writes none
+    active = [j.job_id for j in jobs if j.job_id and j.state in ("pending", "running")]
+    live_states = _squeue_states(active) if live and on_slurm else {}
     for job in jobs:
         if job.job_id in live_states:
             job.state = live_states[job.job_id].lower()

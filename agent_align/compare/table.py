@@ -128,7 +128,8 @@ def _fmt(key: str, v: Any) -> str:
 def markdown(rows: list[dict], skipped: list[Run], title: str) -> str:
     lines = [f"# {title}", ""]
     if rows:
-        cols = [c for c in rows[0] if c != "dir"]
+        # failure categories no run has stay in the CSV but would only widen this table
+        cols = [c for c in rows[0] if c != "dir" and not (c.startswith("fail_") and not any(r[c] for r in rows))]
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(_fmt(c, r[c]) for c in cols) + " |" for r in rows]
         lines += ["", "SSPR: share of eval prompts whose output passes strict schema validation; seen/unseen: "

@@ -12,7 +12,10 @@ import logging
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Iterator
+
+from omegaconf import DictConfig, OmegaConf
 
 from agent_align.data.formats import render_output
 from agent_align.data.negatives import EXPECTED_CATEGORY, NEGATIVES
@@ -81,12 +84,19 @@ def _pick_negative_types(weights: dict[str, float], rng: random.Random) -> list[
 
 class Generator:
     def __init__(self, data_cfg, seed: int, pools: ToolPools | None = None):
-        self.cfg = data_cfg
+        # a plain copy: attribute access on an OmegaConf node costs ~20us, which dominated row generation
+        self.cfg = SimpleNamespace(**OmegaConf.to_container(data_cfg, resolve=True)) \
+            if isinstance(data_cfg, DictConfig) else data_cfg
         self.seed = seed
         self.pools = pools or build_pools(data_cfg, seed)
         self.checker = SchemaChecker()
         self.schemas = {t.name: call_schema(t) for t in self.pools.all}
         self.stats: Counter = Counter()
+        self.targeted = None  # data.targeted_negatives: failure modes to over-sample (agent_align.steps.targeted)
+        if data_cfg.targeted_negatives:
+            from agent_align.steps.targeted import load_targeted
+
+            self.targeted = load_targeted(data_cfg.targeted_negatives)
 
     def _prompt(self, split: str, i: int) -> tuple[random.Random, Tool, list[Tool], str]:
         rng = random.Random(f"{self.seed}-{split}-{i}")
@@ -95,7 +105,7 @@ class Generator:
             if p.procedural and rng.random() < self.cfg.procedural_fraction:
                 tool = rng.choice(p.procedural)
             else:
-                tool = rng.choice(p.seen)
+                tool = self.targeted.pick_tool(p.seen, rng) if self.targeted else rng.choice(p.seen)
             distract_pool = p.seen + p.procedural
             tag = "seen"
         else:
@@ -126,7 +136,10 @@ class Generator:
             return []
         rows = []
         want = self.cfg.negatives_per_prompt if split == "train" else 1  # eval: one row per prompt
-        for neg_type in _pick_negative_types(dict(self.cfg.negative_weights), rng):
+        weights = dict(self.cfg.negative_weights)
+        if self.targeted and split == "train":
+            weights = self.targeted.negative_weights(weights)
+        for neg_type in _pick_negative_types(weights, rng):
             if len(rows) == want:
                 break
             bad = NEGATIVES.get(neg_type)(call, tool, distractors, rng)

@@ -8,6 +8,7 @@ by id when both have ids, else by order. Writes score.json and verdicts.jsonl in
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -42,15 +43,19 @@ def pair_predictions(data_rows: list[dict], pred_rows: list[dict], data_path: st
 
 
 def check_schemas(rows: list[dict], path: str) -> None:
-    seen: dict[str, str] = {}
+    """Every row has a valid schema; rows with equal schemas then share one object, so the
+    checker finds its compiled validator by identity instead of re-serialising each row's schema."""
+    seen: dict[str, tuple[dict, str]] = {}
     for r in rows:
         if "schema" not in r:
             raise file_error(path, r["_line"], "row has no 'schema' key", "each row needs the call's JSON Schema")
-        key = repr(r["schema"])
+        key = json.dumps(r["schema"], sort_keys=True)
         if key not in seen:
-            seen[key] = is_valid_schema(r["schema"])
-        if seen[key]:
-            raise file_error(path, r["_line"], f"invalid JSON Schema: {seen[key]}")
+            seen[key] = (r["schema"], is_valid_schema(r["schema"]))
+        shared, problem = seen[key]
+        if problem:
+            raise file_error(path, r["_line"], f"invalid JSON Schema: {problem}")
+        r["schema"] = shared
 
 
 def score_rows(pairs: list[tuple[dict, dict]], fmt: str) -> list[Verdict]:

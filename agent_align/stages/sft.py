@@ -37,10 +37,10 @@ def policy(cfg, ctx: RunContext, path: str | None = None, for_training: bool = T
 
 def sft_examples(cfg, rows: list[dict], enc: Encoder) -> list[dict]:
     system = system_prompt(cfg)
-    if cfg.data.negatives == "nat":
-        from agent_align.steps.nat import nat_sft_rows
+    from agent_align.steps import mixture
 
-        return [enc.sft_example(chat_of(r, r.get("system", system)), r["completion"]) for r in nat_sft_rows(rows, cfg)]
+    if cfg.data.negatives == "nat" or mixture.active(cfg):  # NAT tags and/or a positive/negative/synthetic mix
+        return [enc.sft_example(chat_of(r, r.get("system", system)), r["completion"]) for r in mixture.sft_rows(rows, cfg)]
     return [enc.sft_example(chat_of(r, system), r["chosen"]) for r in unique_prompts(rows)]
 
 

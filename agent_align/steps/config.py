@@ -79,10 +79,11 @@ class NatConfig:
 
 @dataclass
 class MixtureConfig:
-    positive: float = 1.0  # share of verified (prompt, correct call) rows
-    negative: float = 0.0  # share of failed outputs (NAT-tagged in SFT, or DPO rejected)
-    synthetic: float = 0.0  # share of synthetic trajectories/augmented rows
-    total: int = 0  # rows in the mixture; 0 -> data.n_train
+    # Shares of the SFT data (normalised to sum 1). All null: no mixture (plain SFT, or NAT's 1:1).
+    positive: Optional[float] = None  # verified (request, correct call) rows
+    negative: Optional[float] = None  # failed outputs with the NAT negative tag (needs data.negatives=nat)
+    synthetic: Optional[float] = None  # augmented positives: paraphrased request, reordered or extra tools
+    total: int = 0  # SFT rows in the mixture; 0 -> as many as there are distinct requests
 
 
 @dataclass
@@ -126,11 +127,16 @@ def check_steps_config(cfg) -> None:
     if cfg.nat.positive_tag.strip() == cfg.nat.negative_tag.strip():
         raise config_error("nat.negative_tag", cfg.nat.negative_tag, "must differ from nat.positive_tag")
     mix = cfg.mixture
-    for k in ("positive", "negative", "synthetic"):
-        if getattr(mix, k) < 0:
-            raise config_error(f"mixture.{k}", getattr(mix, k), "shares must be >= 0")
-    if mix.positive + mix.negative + mix.synthetic <= 0:
-        raise config_error("mixture.positive", mix.positive, "at least one of mixture.positive/negative/synthetic must be > 0")
+    shares = {k: getattr(mix, k) for k in ("positive", "negative", "synthetic")}
+    if any(v is not None for v in shares.values()):
+        for k, v in shares.items():
+            if v is not None and v < 0:
+                raise config_error(f"mixture.{k}", v, "shares must be >= 0")
+        if sum(v or 0 for v in shares.values()) <= 0:
+            raise config_error("mixture.positive", mix.positive, "at least one of mixture.positive/negative/synthetic must be > 0")
+        if (mix.negative or 0) > 0 and cfg.data.negatives != "nat":
+            raise config_error("mixture.negative", mix.negative, "failed outputs join SFT only with their NAT tag; "
+                               "add data.negatives=nat (or set mixture.negative=0)")
     if cfg.sample.k < 2:
         raise config_error("sample.k", cfg.sample.k, "needs >= 2 samples per prompt to form best/worst pairs")
     bad = [a for a in cfg.trajectories.augment if a not in ("paraphrase", "shuffle_tools", "distractors")]

@@ -19,7 +19,8 @@ ANNOTATIONS = {"title", "description", "default", "examples", "$comment", "forma
                "deprecated", "readOnly", "writeOnly"}  # format is an annotation by default in 2020-12
 SUPPORTED = ANNOTATIONS | {"type", "const", "enum", "properties", "required", "additionalProperties",
                            "items", "minItems", "maxItems", "minimum", "maximum", "exclusiveMinimum",
-                           "exclusiveMaximum", "pattern", "minLength", "maxLength", "multipleOf"}
+                           "exclusiveMaximum", "pattern", "minLength", "maxLength", "multipleOf",
+                           "minProperties", "maxProperties"}
 
 Errors = list  # of (rank, path tuple, message)
 Check = Callable[[Any, tuple, Errors], None]
@@ -143,6 +144,13 @@ def compile_schema(schema: Any) -> Check:
                 if isinstance(v, list) and cmp(len(v), b):
                     e.append((rank(kw, p), p, f"array is {word} ({kw} {b})"))
             checks.append(c_len)
+    for kw, cmp, word in (("minProperties", lambda n, b: n < b, "too few properties"),
+                          ("maxProperties", lambda n, b: n > b, "too many properties")):
+        if kw in schema:
+            def c_props(v, p, e, b=schema[kw], cmp=cmp, word=word, kw=kw):
+                if isinstance(v, dict) and cmp(len(v), b):
+                    e.append((rank(kw, p), p, f"object has {word} ({kw} {b})"))
+            checks.append(c_props)
     for kw, cmp, word in (("minLength", lambda n, b: n < b, "too short"),
                           ("maxLength", lambda n, b: n > b, "too long")):
         if kw in schema:

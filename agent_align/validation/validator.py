@@ -34,8 +34,12 @@ class SchemaChecker:
 
     def __init__(self):
         self._cache: dict[str, Any] = {}
+        self._by_id: dict[int, tuple[Any, Any]] = {}  # id(schema) -> (schema, compiled): no re-serialising
 
     def _compiled(self, schema: Any):
+        by_id = self._by_id.get(id(schema))
+        if by_id is not None and by_id[0] is schema:
+            return by_id[1]
         key = schema if isinstance(schema, str) else json.dumps(schema, sort_keys=True)
         hit = self._cache.get(key)
         if hit is None:
@@ -46,6 +50,10 @@ class SchemaChecker:
             except Unsupported:
                 hit = ("jsonschema", Draft202012Validator(obj))
             self._cache[key] = hit
+        if not isinstance(schema, str):
+            if len(self._by_id) > 100_000:  # bounded: it keeps the schema objects alive
+                self._by_id.clear()
+            self._by_id[id(schema)] = (schema, hit)
         return hit
 
     def check(self, obj: Any, schema: Any) -> Verdict:

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The runs behind the numbers in docs/step_level.md and experiments/step_level.md (tiny model, CPU).
+# One SFT is shared: the dpo/stepwise/step_dpo runs reuse the base run's data and SFT checkpoint
+# (resume=auto skips finished stages), so they differ only in the preference loss.
+#   bash experiments/step_level_runs.sh [OUT_DIR]
+set -euo pipefail
+out="${1:-runs/step_level}"
+common=(data.format=react data.n_train=3000 data.n_eval=200 dpo.max_pairs=960 hardware.eval_batch_size=64)
+python -m agent_align run_dir="$out/dpo" loss=dpo "${common[@]}"
+for loss in stepwise step_dpo; do
+  mkdir -p "$out/$loss/stages" "$out/$loss/checkpoints"
+  cp -r "$out/dpo/data" "$out/$loss/"
+  cp -r "$out/dpo/checkpoints/sft" "$out/$loss/checkpoints/"
+  cp "$out/dpo"/stages/{generate,sft,evaluate_baseline}.json "$out/$loss/stages/"
+  python - "$out/dpo/stages/timings.json" "$out/$loss/stages/timings.json" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))
+keep = ("generate", "sft", "evaluate_baseline")
+json.dump({k: {s: v for s, v in t[k].items() if s in keep} for k in t}, open(sys.argv[2], "w"))
+PY
+  cp "$out/dpo"/{eval,predictions,verdicts}_baseline.* "$out/$loss/" 2>/dev/null || true
+  python -m agent_align run_dir="$out/$loss" loss="$loss" "${common[@]}"
+  python -m agent_align stage=score_steps run_dir="$out/$loss" "${common[@]}"
+  python -m agent_align stage=reward_eval run_dir="$out/$loss" reward_eval.limit=200 "${common[@]}"
+done
+python -m agent_align stage=reward_eval run_dir="$out/dpo" reward_eval.limit=200 "${common[@]}"
+python -m agent_align run_dir="$out/nat" data.negatives=nat loss=dpo "${common[@]}"
+python -m agent_align stage=analyze run_dir="$out/dpo" "${common[@]}"
+# data-mixture study (4 jobs), then its table and plots
+python -m agent_align -m +experiment=mixture_study
