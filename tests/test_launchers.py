@@ -196,3 +196,12 @@ def test_sweep_wrapper_submits_follows_and_lists_outputs_with_the_local_launcher
     for n in (4, 6):
         job = next(sweep.glob(f"*_data.n_train-{n}__*"))
         assert len((job / "data" / "train.jsonl").read_text().splitlines()) >= n
+
+
+def test_bad_launch_fails_in_one_line_before_submitting(tmp_path):
+    from tests.conftest import run_cli
+
+    res = run_cli(["-m", "hydra/launcher=slurm_a100", "stage=generate", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("error: config key 'hardware' = 'cpu': hydra/launcher=slurm_a100")
+    assert "Traceback" not in res.stderr and not (tmp_path / "sweep").exists()  # nothing was submitted

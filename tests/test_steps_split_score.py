@@ -209,6 +209,10 @@ def test_step_dpo_pairs_from_scored_react_rows_and_on_policy_continuations():
             "scores": [1.0]}
     [pair] = build_step_dpo_pairs([{**row, "continuations": [cont]}], verifier())
     assert pair["chosen"] == cont["text"] and "continuations" not in pair
+    from tests.conftest import compose
+
+    [again] = build_step_dpo_pairs([dict(row)], compose(["data.format=react"]))  # the run config builds the scorer
+    assert again["assistant_prefix"] == "Thought: use calculator.\n" and again["rejected"].startswith("Action:")
 
 
 def test_best_worst_pair_prefers_correct_samples_and_falls_back_to_gold():

@@ -88,9 +88,12 @@ def test_on_policy_pairs_are_the_policys_own_failures(sft_run, tmp_path):
         assert not v.passed and v.category == p["negative_type"] and p["source"] == "on_policy"
 
 
-def test_pipeline_writes_summary_report_and_plots(tmp_path):
-    res = run_cli([f"run_dir={tmp_path}", *MICRO, "sft.max_steps=3", "dpo.max_steps=2", "data.negatives_source=mixed"])
+def test_pipeline_writes_summary_report_plots_and_wandb_run(tmp_path):
+    res = run_cli([f"run_dir={tmp_path}", *MICRO, "sft.max_steps=3", "dpo.max_steps=2", "data.negatives_source=mixed",
+                   "logger=wandb"], env={"WANDB_MODE": "offline", "WANDB_API_KEY": ""})
     assert res.returncode == 0, res.stderr[-3000:]
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0  # one offline W&B run holding the whole pipeline
     summary = json.loads((tmp_path / "summary.json").read_text())
     for label in ("baseline", "aligned"):
         m = summary["models"][label]
@@ -103,7 +106,8 @@ def test_pipeline_writes_summary_report_and_plots(tmp_path):
     for png in ("sspr_by_split.png", "failures.png", "training_curves.png"):
         assert (tmp_path / "plots" / png).stat().st_size > 1000
     # a re-run finds every stage finished and redoes nothing
-    again = run_cli([f"run_dir={tmp_path}", *MICRO, "sft.max_steps=3", "dpo.max_steps=2", "data.negatives_source=mixed"])
+    again = run_cli([f"run_dir={tmp_path}", *MICRO, "sft.max_steps=3", "dpo.max_steps=2", "data.negatives_source=mixed",
+                     "logger=wandb"], env={"WANDB_MODE": "offline", "WANDB_API_KEY": ""})
     assert again.returncode == 0 and "already finished" in again.stderr + again.stdout
 
 

@@ -92,7 +92,7 @@ def targeted_negatives(table: dict, top_k: int, boost: float) -> dict:
 
 
 def markdown(table: dict, steps: dict | None) -> str:
-    lines = [f"# Failure modes\n", f"{table['failed']} of {table['n']} outputs failed "
+    lines = ["# Failure modes\n", f"{table['failed']} of {table['n']} outputs failed "
              f"({100 * table['fail_rate']:.1f}%).\n", "| category | failures | share |", "|---|---:|---:|"]
     for c, k in sorted(table["by_category"].items(), key=lambda kv: -kv[1]):
         lines.append(f"| {c} | {k} | {100 * k / max(1, table['failed']):.1f}% |")

@@ -37,7 +37,7 @@ def build_step_dpo_pairs(rows: list[dict], scorer, *, threshold: float = 0.5, fm
 
     ``scorer`` is a step scorer, or the run config: then the ``scorer=`` group builds one and
     ``steps.threshold``/``steps.format``/``steps.step_dpo_chosen`` override the keywords."""
-    if scorer is not None and not hasattr(scorer, "score") and hasattr(scorer, "scorer"):
+    if scorer is not None and hasattr(scorer, "steps") and hasattr(scorer, "scorer"):  # the run config
         from agent_align.steps.scorers import build_scorer
 
         cfg = scorer

@@ -24,13 +24,11 @@ the pipeline's Encoder, or text rows that TRL tokenises and this trainer aligns 
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from accelerate.utils import is_peft_model
-from datasets import Dataset
 from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference
