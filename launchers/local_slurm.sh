@@ -102,8 +102,24 @@ start() {
   echo "export SLURM_CONF=$CONF"
 }
 
+drain() {
+  # Jobs end before the daemons do: a job step still completing when slurmctld goes away leaves its
+  # slurmstepd and srun waiting forever. Finished jobs drain in a second; the rest are cancelled.
+  pid_alive "$DIR/slurmctld.pid" || return 0
+  export SLURM_CONF="$CONF"
+  local i ids
+  for i in $(seq 1 60); do
+    ids="$(squeue -h -o %A -t PENDING,RUNNING,COMPLETING,CONFIGURING,SUSPENDED 2>/dev/null | sort -u | tr '\n' ' ')"
+    [ -z "${ids// /}" ] && return 0
+    [ "$i" -eq 20 ] && scancel $ids 2>/dev/null || true
+    sleep 0.5
+  done
+  echo "local_slurm: jobs $ids did not end; stopping anyway" >&2
+}
+
 stop() {
   local f pid
+  drain
   for f in "$DIR/slurmd.pid" "$DIR/slurmctld.pid" "$DIR/munge/munged.pid"; do
     if pid_alive "$f"; then
       pid="$(cat "$f")"

@@ -180,3 +180,21 @@ def test_compiled_checker_agrees_with_jsonschema_on_generated_calls(cfg_factory)
                     assert (None if got.passed else got.category) == _reference_category(obj, schema), (tool.name, obj)
                     checked += 1
     assert checked > 2000
+
+
+@pytest.mark.parametrize("schema,good,bad", [
+    ({"type": "array", "minItems": 1}, [1], []),
+    ({"type": "array", "maxItems": 1}, [1], [1, 2]),
+    ({"type": "object", "minProperties": 1}, {"a": 1}, {}),
+    ({"type": "object", "maxProperties": 1}, {"a": 1}, {"a": 1, "b": 2}),
+    ({"type": "string", "minLength": 2}, "ab", "a"),
+    ({"type": "string", "maxLength": 2}, "ab", "abc"),
+    ({"type": "number", "exclusiveMinimum": 0}, 0.5, 0),
+    ({"type": "number", "multipleOf": 0.5}, 1.5, 1.2),
+])
+def test_size_and_bound_keywords(schema, good, bad):
+    wrapped = {"type": "object", "properties": {"x": schema}}
+    chk = SchemaChecker()
+    assert chk.check({"x": good}, wrapped).passed
+    v = chk.check({"x": bad}, wrapped)
+    assert v.category == "other_schema_error" and v.category == _reference_category({"x": bad}, wrapped)

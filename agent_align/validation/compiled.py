@@ -23,6 +23,9 @@ SUPPORTED = ANNOTATIONS | {"type", "const", "enum", "properties", "required", "a
                            "minProperties", "maxProperties"}
 
 Errors = list  # of (rank, path tuple, message)
+# (keyword, the instance type it applies to, True for a lower bound)
+SIZE_KEYWORDS = (("minItems", list, True), ("maxItems", list, False), ("minProperties", dict, True),
+                 ("maxProperties", dict, False), ("minLength", str, True), ("maxLength", str, False))
 Check = Callable[[Any, tuple, Errors], None]
 
 
@@ -137,27 +140,12 @@ def compile_schema(schema: Any) -> Check:
                 for i, item in enumerate(v):
                     item_check(item, p + (i,), e)
         checks.append(c_items)
-    for kw, cmp, word in (("minItems", lambda n, b: n < b, "too short"),
-                          ("maxItems", lambda n, b: n > b, "too long")):
+    for kw, kind, lower in SIZE_KEYWORDS:  # minItems/maxItems, minProperties/..., minLength/...
         if kw in schema:
-            def c_len(v, p, e, b=schema[kw], cmp=cmp, word=word, kw=kw):
-                if isinstance(v, list) and cmp(len(v), b):
-                    e.append((rank(kw, p), p, f"array is {word} ({kw} {b})"))
-            checks.append(c_len)
-    for kw, cmp, word in (("minProperties", lambda n, b: n < b, "too few properties"),
-                          ("maxProperties", lambda n, b: n > b, "too many properties")):
-        if kw in schema:
-            def c_props(v, p, e, b=schema[kw], cmp=cmp, word=word, kw=kw):
-                if isinstance(v, dict) and cmp(len(v), b):
-                    e.append((rank(kw, p), p, f"object has {word} ({kw} {b})"))
-            checks.append(c_props)
-    for kw, cmp, word in (("minLength", lambda n, b: n < b, "too short"),
-                          ("maxLength", lambda n, b: n > b, "too long")):
-        if kw in schema:
-            def c_slen(v, p, e, b=schema[kw], cmp=cmp, word=word, kw=kw):
-                if isinstance(v, str) and cmp(len(v), b):
-                    e.append((rank(kw, p), p, f"string is {word} ({kw} {b})"))
-            checks.append(c_slen)
+            def c_size(v, p, e, b=schema[kw], kind=kind, lower=lower, kw=kw):
+                if isinstance(v, kind) and (len(v) < b if lower else len(v) > b):
+                    e.append((rank(kw, p), p, f"size {len(v)} violates {kw} {b}"))
+            checks.append(c_size)
     for kw, bad in (("minimum", lambda v, b: v < b), ("maximum", lambda v, b: v > b),
                     ("exclusiveMinimum", lambda v, b: v <= b), ("exclusiveMaximum", lambda v, b: v >= b)):
         if kw in schema:
