@@ -23,16 +23,17 @@ def redact(obj):
     return obj
 
 
-def swept_tags() -> list[str]:
+def sweep_info() -> tuple[list[str], str | None]:
+    """(tags ``key=value`` for the swept keys, W&B group of the sweep) when running under ``-m``."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
+        from agent_align.compare.overrides import job_tags, sweep_group
+
         hc = HydraConfig.get()
-        if hc.mode.name != "MULTIRUN":
-            return []
-        return [o for o in hc.overrides.task if not o.startswith("hydra")][:20]
-    except ValueError:
-        return []
+        return job_tags(hc), sweep_group(hc)
+    except ValueError:  # not under @hydra.main (tests composing configs directly)
+        return [], None
 
 
 class Tracker:
@@ -49,9 +50,10 @@ class Tracker:
         os.environ["WANDB_MODE"] = mode
         os.environ["WANDB_PROJECT"] = cfg.logger.project
         config = redact(OmegaConf.to_container(cfg, resolve=True))
+        tags, sweep = sweep_info()
         self.run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, mode=mode,
-                              group=cfg.logger.group or cfg.experiment_name, name=ctx.run_dir.name,
-                              tags=list(cfg.logger.tags) + swept_tags(), config=config, dir=str(ctx.run_dir),
+                              group=cfg.logger.group or sweep or cfg.experiment_name, name=ctx.run_dir.name,
+                              tags=list(cfg.logger.tags) + tags, config=config, dir=str(ctx.run_dir),
                               reinit="finish_previous")
 
     def log_eval(self, label: str, summary: dict) -> None:

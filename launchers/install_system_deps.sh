@@ -14,6 +14,10 @@ if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 # `apt-get update` only when the package lists are absent (fresh container); it is the slow part.
+# (stale lists: the first install fails to fetch; refresh them and try once more)
 if ! compgen -G "/var/lib/apt/lists/*_Packages" >/dev/null; then apt-get update -qq; fi
-apt-get install -y -qq "${need[@]}" >/dev/null
+if ! apt-get install -y -qq "${need[@]}" >/dev/null; then
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
 echo "install_system_deps: installed ${need[*]}"

@@ -102,15 +102,25 @@ def build_model(model_cfg, tokenizer):
 def ensure_tiny(model_cfg, data_cfg, seed: int) -> Path:
     """Path of the built model directory, building it on first use (atomically, so a killed build
     leaves no half-written cache entry)."""
+    import fcntl
+
     digest = model_hash(model_cfg, data_cfg, seed)
     out = cache_root() / "models" / f"{model_cfg.name}-{digest}"
     if (out / "config.json").exists() and (out / "tokenizer.json").exists():
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:  # several ranks/jobs: one builds, the others wait
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "config.json").exists() and (out / "tokenizer.json").exists():
+            return out
+        return _build(model_cfg, data_cfg, seed, out)
+
+
+def _build(model_cfg, data_cfg, seed: int, out: Path) -> Path:
     log.info("building %s model (tokenizer + random init), cached at %s", model_cfg.name, out)
     texts = corpus_texts(data_cfg, seed, model_cfg.tokenizer_corpus_rows)
     tokenizer = train_tokenizer(texts, model_cfg.vocab_size)
     model = build_model(model_cfg, tokenizer)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         model.save_pretrained(tmp)

@@ -94,7 +94,7 @@ def run(cfg, ctx: RunContext) -> dict:
     if done:
         log.info("dpo already finished in %s; skipping (resume=never to redo)", ctx.run_dir)
         return done
-    from agent_align.stages.sft import policy
+    from agent_align.stages.sft import keep_in_memory, policy
 
     marker = ctx.path("stages", "sft.json")
     sft_ckpt = json.loads(marker.read_text())["checkpoint"] if marker.exists() else str(ctx.path("checkpoints", "sft"))
@@ -120,6 +120,10 @@ def run(cfg, ctx: RunContext) -> dict:
             break
         trainer = train_round(cfg, ctx, model, tok, to_dataset(cfg, ctx, enc, pairs, r), r)
         model = trainer.model
+        if r + 1 < cfg.dpo.rounds and cfg.hardware.distributed.backend in ("deepspeed", "fsdp"):
+            round_dir = ctx.path("checkpoints", f"dpo-r{r}")  # sharded engines: continue from a clean reload
+            save_final(trainer, tok, round_dir, cfg, {"stage": "dpo", "round": r})
+            model, tok, enc = policy(cfg, ctx, str(round_dir))
         history.extend(dict(h, round=r) for h in log_history_rows(trainer))
         rounds.append(stats)
     dest = ctx.path("checkpoints", "dpo")
@@ -130,7 +134,7 @@ def run(cfg, ctx: RunContext) -> dict:
         tok.save_pretrained(str(dest))
     if ctx.is_main:
         write_jsonl(ctx.path("metrics", "dpo.jsonl"), history)
-    ctx.cache["policy"] = (model, tok, str(dest))
+    keep_in_memory(cfg, ctx, model, tok, str(dest))
     margins = [h["rewards/margins"] for h in history if "rewards/margins" in h]
     result = {"checkpoint": str(dest), "rounds": rounds, "loss": cfg.loss.name,
               "final_reward_margin": margins[-1] if margins else None,

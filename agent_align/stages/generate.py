@@ -42,8 +42,8 @@ def run(cfg, ctx: RunContext) -> dict:
     done = finished(cfg, ctx, "generate")
     if done and Path(train_path).exists() and Path(eval_path).exists():
         return done
-    if not ctx.is_main:  # data is generated once, by rank 0; the others read it after the barrier
-        result = {"train_path": train_path, "eval_path": eval_path}
+    if not ctx.is_main:  # data is generated once, by rank 0; the other ranks wait for its marker file
+        return wait_for_rank0(ctx, "generate")
     start = time.perf_counter()
     gen = Generator(cfg.data, cfg.seed)
     bar = dict(unit="prompt", disable=None, mininterval=1.0)

@@ -35,6 +35,15 @@ def policy(cfg, ctx: RunContext, path: str | None = None, for_training: bool = T
     return model, tok, enc
 
 
+def keep_in_memory(cfg, ctx: RunContext, model, tok, path: str) -> None:
+    """Hand the trained model to the next pipeline stage without a reload, unless a sharding
+    engine (DeepSpeed, FSDP) has hooked it: then the next stage reloads ``path``."""
+    if cfg.hardware.distributed.backend in ("deepspeed", "fsdp"):
+        ctx.cache.pop("policy", None)
+    else:
+        ctx.cache["policy"] = (model, tok, path)
+
+
 def sft_examples(cfg, rows: list[dict], enc: Encoder) -> list[dict]:
     system = system_prompt(cfg)
     from agent_align.steps import mixture
@@ -77,7 +86,7 @@ def run(cfg, ctx: RunContext) -> dict:
     history = log_history_rows(trainer)
     if ctx.is_main:
         write_jsonl(ctx.path("metrics", "sft.jsonl"), history)
-    ctx.cache["policy"] = (trainer.model, tok, str(dest))
+    keep_in_memory(cfg, ctx, trainer.model, tok, str(dest))
     n_tokens = sum(len(e["input_ids"]) for e in examples)
     result = {"checkpoint": str(dest), "examples": len(examples), "tokens_per_epoch": n_tokens,
               "steps": trainer.state.global_step, "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None)}

@@ -36,11 +36,19 @@ def trainer_kwargs(cfg, stage_cfg, out_dir: Path, batch: int, accum: int, run_na
         pad_to_multiple_of=32,
     )
     if ds.backend == "deepspeed":
-        kw["deepspeed"] = ds.deepspeed_config
+        from agent_align.distributed import deepspeed_config_path
+
+        kw["deepspeed"] = deepspeed_config_path(ds.deepspeed_config)
     if ds.backend in ("ddp", "deepspeed") and hw.device == "cpu":
         kw["ddp_backend"] = "gloo"
     if hw.liger_kernels:
-        kw["use_liger_kernel"] = True
+        from agent_align.hardware import liger_available
+
+        if liger_available():
+            kw["use_liger_kernel"] = True
+        else:
+            log.warning("hardware.liger_kernels=true but liger-kernel is not installed (pip install "
+                        "'agent_align[gpu]'); training without it")
     return kw
 
 
