@@ -11,7 +11,7 @@ from agent_align.agents.runner import Runner
 from agent_align.env.environment import OrgEnv, match_judge
 from agent_align.env.preferences import step_pairs, trajectory_pairs
 from agent_align.errors import UserError
-from tests.conftest import compose
+from tests.conftest import CONF, compose
 
 BAD = "I would like to call a tool."
 
@@ -143,3 +143,14 @@ def test_seed_spelling_of_null_expert_mode_is_accepted():
     from agent_align.config import check_config
 
     check_config(compose(["agent.expert_mode=None"]))
+
+
+@pytest.mark.parametrize("group,option", [("agent", p.stem) for p in sorted((CONF / "agent").glob("*.yaml"))] +
+                         [("env", p.stem) for p in sorted((CONF / "env").glob("*.yaml"))])
+def test_every_env_and_agent_option_composes_and_passes_the_checks(group, option):
+    from agent_align.config import check_config
+
+    overrides = [f"{group}={option}"] + (["env.retrieval_url=http://127.0.0.1:9"] if option == "remote" else [])
+    cfg = compose(overrides)
+    check_config(cfg)
+    assert cfg[group].name == option

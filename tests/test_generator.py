@@ -97,6 +97,7 @@ def test_user_tools_file(cfg_factory, tmp_path):
 
     path.write_text(yaml.safe_dump(tools))
     cfg = cfg_factory(f"data.tools_file={path}", "data.include_builtin_tools=false", "data.heldout_tools=[]",
+                      "data.procedural_tools=0",
                       "data.n_train=30")
     rows = list(Generator(cfg.data, 0).rows("train", 30))
     assert rows and {r["tool"] for r in rows} == {"open_ticket"}
