@@ -5,7 +5,7 @@
 #   bash experiments/step_level_runs.sh [OUT_DIR]
 set -euo pipefail
 out="${1:-runs/step_level}"
-common=(data.format=react data.n_train=3000 data.n_eval=200 dpo.max_pairs=960 hardware.eval_batch_size=64)
+common=(data.format=react data.n_train=3000 data.n_eval=200 data.procedural_tools=0 dpo.max_pairs=960 hardware.eval_batch_size=64)
 python -m agent_align run_dir="$out/dpo" loss=dpo "${common[@]}"
 for loss in stepwise step_dpo; do
   mkdir -p "$out/$loss/stages" "$out/$loss/checkpoints"

@@ -38,6 +38,9 @@ def test_targeted_negatives_take_the_most_frequent_producible_modes():
     tn = analysis.targeted_negatives(t, top_k=2, boost=4.0)
     assert tn["negative_types"] == {"type_mismatch": 4.0, "json_error": 4.0, "unstructured": 4.0}
     assert tn["tools"] == {"create_task": 4.0, "get_weather": 4.0}  # other_schema_error has no generator
+    unseen = [{**v, "split": "unseen"} if v["tool"] == "create_task" else v for v in VERDICTS]
+    t2 = analysis.failure_table(analysis.join_tools(unseen, None))
+    assert "create_task" not in analysis.targeted_negatives(t2, top_k=2, boost=4.0)["tools"]  # held out: never trained
 
 
 def test_agent_step_categories_are_counted_per_category_and_tool():

@@ -140,7 +140,7 @@ def test_mixture_shares_set_the_sft_rows_and_negatives_need_nat(tmp_path):
 
 def test_mixture_study_experiment_composes_with_its_sweep(tmp_path):
     cfg = compose([f"run_dir={tmp_path}", "+experiment=mixture_study"])
-    assert cfg.data.negatives == "nat" and cfg.mixture.total == 1000
+    assert cfg.data.negatives == "nat" and cfg.mixture.total == 3000
     from hydra import compose as hcompose, initialize_config_dir
 
     from tests.conftest import CONF

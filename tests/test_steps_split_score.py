@@ -187,6 +187,7 @@ def test_step_dpo_pair_puts_the_correct_prefix_in_the_prompt():
     assert pair["assistant_prefix"] == "Step 1: 2 + 3 = 5\n"
     assert pair["rejected"] == "Step 2: 5 * 1 = 6\n" and pair["chosen"] == "Step 2: answer 5"
     assert pair["prompt"] == row["prompt"] and pair["step_index"] == 1 and "rejected_scores" not in pair
+    assert pair["chosen_ends_answer"] and not pair["rejected_ends_answer"]
     rest = build_step_dpo_pairs([{**row, "chosen": "Step 1: 2 + 3 = 5\nStep 2: so 5\nStep 3: answer 5",
                                   "chosen_scores": [1.0, 1.0, 1.0]}], None, fmt="text", chosen="rest")[0]
     assert rest["chosen"] == "Step 2: so 5\nStep 3: answer 5"
@@ -241,3 +242,8 @@ def test_step_dpo_example_ends_the_prompt_with_the_correct_prefix():
     assert tok.decode(ex["chosen_ids"]) == "Action: 2+3<|end|>" and tok.decode(ex["rejected_ids"]) == "Action: 2*3<|end|>"
     plain = step_dpo_example(enc, chat, {**row, "assistant_prefix": ""})
     assert plain["prompt_ids"] == enc.prompt_ids(chat)
+    middle = step_dpo_example(enc, chat, {"assistant_prefix": "", "chosen": "Thought: use the calculator tool\n",
+                                          "rejected": "Thought: use the search tool\n", "chosen_ends_answer": False,
+                                          "rejected_ends_answer": False})
+    assert tok.decode(middle["chosen_ids"]) == "Thought: use the calculator tool\n"  # no end of turn mid-answer
+    assert tok.decode(middle["rejected_ids"]) == "Thought: use the search tool\n"

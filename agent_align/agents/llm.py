@@ -69,13 +69,11 @@ class LLMAgent:
     def __init__(self, backend):
         self.backend = backend
 
+    def chat(self, env) -> dict:
+        return {**env.chat(), "seed": env.sample_index}
+
     def act(self, envs) -> list[str | None]:
-        chats = []
-        for env in envs:
-            chat = env.chat()
-            chat["seed"] = env.sample_index
-            chats.append(chat)
-        return self.backend.complete(chats)
+        return self.backend.complete([self.chat(env) for env in envs])
 
 
 def hf_agent(cfg, ctx):
@@ -94,19 +92,13 @@ def _reference(env) -> str:
             ". Continue from the current state with the single next call.")
 
 
-class LLMExpert:
+class LLMExpert(LLMAgent):
     """Seed 003's LLM expert: the model sees the gold trajectory and answer and produces the next call."""
 
-    def __init__(self, backend):
-        self.backend = backend
-
-    def act(self, envs) -> list[str | None]:
-        chats = []
-        for env in envs:
-            chat = env.chat()
-            chat["messages"][0]["content"] += "\n" + _reference(env)
-            chats.append(chat)
-        return self.backend.complete(chats)
+    def chat(self, env) -> dict:
+        chat = super().chat(env)
+        chat["messages"][0]["content"] += "\n" + _reference(env)
+        return chat
 
 
 class LLMJudge:

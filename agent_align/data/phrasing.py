@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import string
 
@@ -22,8 +23,9 @@ GENERIC_NO_ARGS = ["Please {tool}.", "I need to {tool}.", "Can you {tool}?", "{T
 ARG_STYLES = ["{k} {v}", "{k} set to {v}", "{k} = {v}", "{k}: {v}"]
 
 
-def _slots(template: str) -> set[str]:
-    return {f[1] for f in string.Formatter().parse(template) if f[1]}
+@functools.lru_cache(maxsize=4096)
+def _slots(template: str) -> frozenset[str]:
+    return frozenset(f[1] for f in string.Formatter().parse(template) if f[1])
 
 
 def render_request(tool: Tool, args: dict, rng: random.Random) -> str:

@@ -42,7 +42,8 @@ def failure_table(verdicts: list[dict]) -> dict:
     by_split = Counter(v["split"] for v in failed)
     return {"n": n, "failed": len(failed), "fail_rate": len(failed) / n if n else 0.0,
             "by_category": {c: by_cat.get(c, 0) for c in list(CATEGORIES) + sorted(set(by_cat) - set(CATEGORIES))},
-            "by_tool": {t: {"n": per_tool_n[t], "failed": by_tool.get(t, 0), "fail_rate": by_tool.get(t, 0) / per_tool_n[t]}
+            "by_tool": {t: {"n": per_tool_n[t], "failed": by_tool.get(t, 0), "fail_rate": by_tool.get(t, 0) / per_tool_n[t],
+                            "heldout": all(v["split"] == "unseen" for v in verdicts if v["tool"] == t)}
                         for t in sorted(per_tool_n, key=lambda t: (-by_tool.get(t, 0), t))},
             "by_split": dict(sorted(by_split.items())),
             "cells": [{"tool": t, "category": c, "count": k} for (t, c), k in cells.most_common()]}
@@ -86,7 +87,8 @@ def targeted_negatives(table: dict, top_k: int, boost: float) -> dict:
     """Multipliers for the ``top_k`` most frequent producible categories and failing tools."""
     cats = [c for c, k in sorted(table["by_category"].items(), key=lambda kv: -kv[1]) if k > 0 and c in CATEGORY_NEGATIVES]
     types = {t: boost for c in cats[:top_k] for t in CATEGORY_NEGATIVES[c]}
-    tools = [t for t, s in table["by_tool"].items() if s["failed"] > 0 and t != "?"]
+    # held-out tools are never trained on, so over-sampling them would change nothing
+    tools = [t for t, s in table["by_tool"].items() if s["failed"] > 0 and t != "?" and not s.get("heldout")]
     return {"negative_types": types, "tools": {t: boost for t in tools[:top_k]},
             "from": {"categories": cats[:top_k], "tools": tools[:top_k]}}
 

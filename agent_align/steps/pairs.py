@@ -60,18 +60,21 @@ def build_step_dpo_pairs(rows: list[dict], scorer, *, threshold: float = 0.5, fm
             stats["skipped_no_correct_step"] += 1
             continue
         pair = {key: v for key, v in r.items() if key not in SCORE_KEYS and key != "continuations"}
-        pair.update({"id": f"{r.get('id', len(out))}-step{k}", "assistant_prefix": prefix, "chosen": good,
-                     "rejected": wrong_step, "step_index": k})
+        n_rej = sum(sg.kind == "step" for sg in split_steps(r["rejected"], rej_fmt))
+        pair.update({"id": f"{r.get('id', len(out))}-step{k}", "assistant_prefix": prefix, "chosen": good[0],
+                     "rejected": wrong_step, "step_index": k, "chosen_ends_answer": good[1],
+                     "rejected_ends_answer": k == n_rej - 1})
         out.append(pair)
         stats["pairs"] += 1
     log.info("step-dpo pairs: %s", dict(stats))
     return out
 
 
-def _continuation(row: dict, k: int, threshold: float, fmt: str, mode: str, default: str) -> Any:
+def _continuation(row: dict, k: int, threshold: float, fmt: str, mode: str, default: str) -> tuple[Any, bool] | None:
+    """(a correct step at index k, whether it ends the answer), or None."""
     for cont in row.get("continuations") or []:  # on-policy: sampled after the prefix, scored per step
         if all_correct(cont.get("scores", []), threshold):
-            return cont["text"]
+            return cont["text"], True
     scores = row["chosen_scores"]
     if not scores:
         return None
@@ -80,7 +83,7 @@ def _continuation(row: dict, k: int, threshold: float, fmt: str, mode: str, defa
         return None
     c = row["chosen"]
     _, step, rest = _cut_at(c, split_steps(c, completion_format(c, fmt, default)), j)
-    return rest if mode == "rest" else step
+    return (rest, True) if mode == "rest" else (step, j == len(scores) - 1)
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
@@ -92,18 +95,29 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     return n
 
 
+def _open_ended(enc, ids: list[int], prefix: Any, step: Any, ends_answer: bool) -> list[int]:
+    """A step that does not end its answer loses the template's end-of-turn tokens, so the pair does
+    not teach the model to stop after a middle step."""
+    if ends_answer or not isinstance(step, str) or isinstance(prefix, list):
+        return ids
+    text_ids = enc.tok(prefix + step, add_special_tokens=False)["input_ids"]
+    return ids[:max(1, common_prefix_length(ids, text_ids))]
+
+
 def step_dpo_example(enc, chat: dict, row: dict) -> dict:
     """Token ids of a Step-DPO pair for the pipeline's Encoder: the prompt is the rendered request
     followed by the correct prefix (the start of the assistant turn); the completions are the
-    correct and the wrong step, each with the template's end of turn."""
+    correct and the wrong step, each with the template's end of turn only when it ends its answer."""
     prefix = row.get("assistant_prefix") or ""
 
     def turns(step):
         if isinstance(prefix, list):  # a trajectory: earlier turns, then the step
             return prefix + (step if isinstance(step, list) else [{"role": "assistant", "content": step}])
         return (prefix + step) if isinstance(step, str) else step
-    c_ids = enc.completion_ids(chat, turns(row["chosen"]))
-    r_ids = enc.completion_ids(chat, turns(row["rejected"]))
+    c_ids = _open_ended(enc, enc.completion_ids(chat, turns(row["chosen"])), prefix, row["chosen"],
+                        row.get("chosen_ends_answer", True))
+    r_ids = _open_ended(enc, enc.completion_ids(chat, turns(row["rejected"])), prefix, row["rejected"],
+                        row.get("rejected_ends_answer", True))
     if isinstance(prefix, list):
         n = common_prefix_length(c_ids, r_ids)
     else:  # tokens that lie inside the prefix text in both sequences (a merge at the cut stays in the step)
