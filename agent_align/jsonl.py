@@ -65,6 +65,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
             yield fh
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):

@@ -13,7 +13,8 @@ from tests.conftest import CONF, compose
 
 def test_default_composes_with_typed_groups():
     cfg = compose()
-    assert cfg.stage == "pipeline" and cfg.model.name == "tiny" and cfg.loss.loss_type == ["sigmoid"]
+    assert cfg.stage == "pipeline" and cfg.model.name == "tiny" and cfg.loss.name == "rpo"
+    assert list(cfg.loss.loss_type) == ["sigmoid", "sft"]
     check_config(cfg)
 
 

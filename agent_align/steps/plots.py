@@ -19,6 +19,7 @@ def save(fig, path: Path) -> str:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a plot is for everyone who can read the run
         os.replace(tmp, path)
     finally:
         plt.close(fig)

@@ -107,6 +107,7 @@ def save_final(trainer, tokenizer, dest: Path, cfg, extra: dict | None = None) -
     a temp dir and renamed so a kill never leaves a half-saved checkpoint."""
     if not trainer.is_world_process_zero():
         trainer.save_model(str(dest.parent / f".{dest.name}.rank"))  # collective under ZeRO-3; rank 0 writes
+        trainer.accelerator.wait_for_everyone()  # the next stage may load `dest` on every rank
         return
     tmp = dest.parent / f".{dest.name}.tmp"
     if tmp.exists():
@@ -119,6 +120,7 @@ def save_final(trainer, tokenizer, dest: Path, cfg, extra: dict | None = None) -
     os.replace(tmp, dest)
     if cfg.peft.name != "none" and cfg.peft.export_merged:
         export_merged(dest, cfg)
+    trainer.accelerator.wait_for_everyone()
 
 
 def export_merged(adapter_dir: Path, cfg) -> Path:
