@@ -78,7 +78,7 @@ def test_generator_builds_verified_pairs_from_bfcl_functions():
     from agent_align.data.generator import Generator
     from agent_align.validation.validator import validate_output
 
-    cfg = compose([f"data.tools_file={BFCL / 'BFCL_v4_simple_python.json'}", "data.include_builtin_tools=false",
+    cfg = compose([f"data.tools_file={BFCL / 'BFCL_v4_simple_python.json'}", "data.include_builtin_tools=false", "data.procedural_tools=0",
                    "data.heldout_tools=[]"])
     gen = Generator(cfg.data, seed=0)
     rows = list(gen.rows("train", 60))
