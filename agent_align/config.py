@@ -148,6 +148,7 @@ class SFTStageConfig:
     group_by_length: bool = True
     init_from: Optional[str] = None  # start from this checkpoint instead of model.*
     skip: bool = False  # no SFT: DPO starts from the base model (seed 000's recipe)
+    mask_history: bool = False  # conversational rows: train on the last assistant turn only (else on every one)
 
 
 @dataclass

@@ -134,3 +134,26 @@ def test_killed_sft_resumes_to_the_same_weights(tmp_path):
     a, b = _params(tmp_path / "a" / "checkpoints" / "sft"), _params(tmp_path / "b" / "checkpoints" / "sft")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_sft_on_trajectories_masks_observations_and_history(sft_run):
+    """Conversational rows: tool observations are never trained on; mask_history keeps only the last turn."""
+    from agent_align.models import load_model_and_tokenizer
+    from agent_align.stages.sft import sft_examples
+    from agent_align.train.encode import Encoder
+
+    cfg, run_dir, _, _ = sft_run
+    _, tok = load_model_and_tokenizer(cfg, str(run_dir / "checkpoints" / "sft"))
+    row = {"messages": [{"role": "system", "content": "Answer with tools."},
+                        {"role": "user", "content": "Who leads Sales?"},
+                        {"role": "assistant", "content": '{"tool": "search_users", "parameters": {"location": "Oslo", "limit": 1}}'},
+                        {"role": "tool", "content": "OBSERVATION Dana Okafor leads Sales"},
+                        {"role": "assistant", "content": '{"tool": "FINAL", "parameters": {"answer": "Dana Okafor"}}'}],
+           "tools": None}
+    enc = Encoder(tok, 256, 200)
+    full = sft_examples(compose([*MICRO]), [row], enc)[0]
+    last = sft_examples(compose([*MICRO, "sft.mask_history=true"]), [row], enc)[0]
+    trained = lambda ex: tok.decode([t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100])
+    assert "OBSERVATION" not in trained(full) and "Dana Okafor leads" not in trained(full)
+    assert "search_users" in trained(full) and "FINAL" in trained(full)
+    assert "search_users" not in trained(last) and "FINAL" in trained(last)

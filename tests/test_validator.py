@@ -12,7 +12,7 @@ from jsonschema import Draft202012Validator
 
 from agent_align.data.generator import Generator
 from agent_align.data.negatives import NEGATIVES
-from agent_align.validation import CATEGORIES, PRECEDENCE, SchemaChecker, extract_call, validate_output
+from agent_align.validation import CATEGORIES, PRECEDENCE, SchemaChecker, validate_output
 from agent_align.validation.categories import keyword_category
 from agent_align.validation.compiled import compile_schema
 from agent_align.validation.validator import summarize

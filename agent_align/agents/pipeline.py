@@ -41,7 +41,6 @@ def run(cfg, ctx: RunContext) -> dict:
 
     done = finished(cfg, ctx, "agent_pipeline")
     if done:
-        log.info("agent_pipeline already finished in %s; resume=never to redo", ctx.run_dir)
         return done
     sub = lambda name: RunContext(run_dir=ctx.path("agentic", name), rank=ctx.rank,  # noqa: E731
                                   world_size=ctx.world_size, cache=ctx.cache)

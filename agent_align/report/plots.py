@@ -30,7 +30,7 @@ def sspr_by_split(models: dict, path: Path) -> str:
     for j, (label, m) in enumerate(models.items()):
         vals = [m["sspr"] if g == "overall" else m.get("by_split", {}).get(g, {}).get("sspr", 0.0) for g in groups]
         xs = [i + j * width for i in range(len(groups))]
-        bars = ax.bar(xs, vals, width, label=label, color=COLORS.get(label))
+        ax.bar(xs, vals, width, label=label, color=COLORS.get(label))
         for x, v in zip(xs, vals):
             ax.text(x, v + 0.01, f"{100 * v:.1f}%", ha="center", fontsize=8)
     ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(groups))], groups)

@@ -33,8 +33,12 @@ def finished(cfg, ctx: RunContext, name: str) -> dict | None:
     """The saved result of stage ``name`` in this run dir, if it finished and ``resume=auto``."""
     import json
 
+    import logging
+
     p = ctx.path("stages", f"{name}.json")
     if cfg.resume == "auto" and p.exists():
+        logging.getLogger(__name__).info("%s already finished in %s; skipping it (resume=never redoes it)",
+                                         name, ctx.run_dir)
         return json.loads(p.read_text())
     return None
 

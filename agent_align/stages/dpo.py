@@ -92,7 +92,6 @@ def train_round(cfg, ctx: RunContext, model, tok, dataset, round_idx: int):
 def run(cfg, ctx: RunContext) -> dict:
     done = finished(cfg, ctx, "dpo")
     if done:
-        log.info("dpo already finished in %s; skipping (resume=never to redo)", ctx.run_dir)
         return done
     from agent_align.stages.sft import keep_in_memory, policy
 

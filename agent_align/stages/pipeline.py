@@ -49,7 +49,6 @@ def _metrics(ctx: RunContext) -> dict[str, list[dict]]:
 def run(cfg, ctx: RunContext) -> dict:
     prev = finished(cfg, ctx, "pipeline")
     if prev:
-        log.info("pipeline already finished in %s (summary.json); resume=never to redo", ctx.run_dir)
         return prev
     timings_path = ctx.path("stages", "timings.json")
     saved = json.loads(timings_path.read_text()) if timings_path.exists() and cfg.resume == "auto" else {}

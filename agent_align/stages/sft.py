@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from agent_align.errors import file_error
 from agent_align.jsonl import read_jsonl, write_jsonl
 from agent_align.stages.context import RunContext, finished, mark_finished
 from agent_align.stages.generate import data_paths
@@ -45,6 +46,11 @@ def keep_in_memory(cfg, ctx: RunContext, model, tok, path: str) -> None:
 
 
 def sft_examples(cfg, rows: list[dict], enc: Encoder) -> list[dict]:
+    if "messages" in rows[0]:  # agent trajectories: tool observations (and, with mask_history, earlier turns) masked
+        from agent_align.env.masking import encode_sft_row
+
+        encoded = (encode_sft_row(r, enc.tok, cfg.sft.mask_history, cfg.model.max_length) for r in rows)
+        return [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in encoded]
     system = system_prompt(cfg)
     from agent_align.steps import mixture
 
@@ -56,7 +62,6 @@ def sft_examples(cfg, rows: list[dict], enc: Encoder) -> list[dict]:
 def run(cfg, ctx: RunContext) -> dict:
     done = finished(cfg, ctx, "sft")
     if done:
-        log.info("sft already finished in %s; skipping (resume=never to redo)", ctx.run_dir)
         return done
     if cfg.sft.skip:  # DPO starts from the base model itself
         from agent_align.models import resolve_model_path
@@ -68,7 +73,12 @@ def run(cfg, ctx: RunContext) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     train_path, _ = data_paths(cfg, ctx)
-    rows = read_jsonl(train_path, "data.train_path", required=("prompt", "chosen"))
+    rows = read_jsonl(train_path, "data.train_path")
+    need = ("messages",) if "messages" in rows[0] else ("prompt", "chosen")
+    for r in rows:
+        if any(k not in r for k in need):
+            raise file_error(train_path, r["_line"], f"row lacks {[k for k in need if k not in r]}",
+                             "SFT rows are triplets (prompt, chosen) or conversations (messages, tools)")
     model, tok, enc = policy(cfg, ctx, cfg.sft.init_from)
     model = wrap_peft(cfg, model)
     examples = sft_examples(cfg, rows, enc)

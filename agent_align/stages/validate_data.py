@@ -70,6 +70,6 @@ def run(cfg, ctx: RunContext) -> dict:
     if bad:
         for line in bad[:50]:
             print(line, file=sys.stderr)
-        more = f" (first 50 shown)" if len(bad) > 50 else ""
+        more = " (first 50 shown)" if len(bad) > 50 else ""
         raise UserError(f"{path}: {len(bad)} problem(s) in {len(rows)} rows{more}; fix or regenerate the file")
     return {"path": path, "n": len(rows), "by_negative_type": dict(counts)}
