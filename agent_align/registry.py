@@ -7,7 +7,7 @@ the user what exists.
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, Iterator, TypeVar
 
 from agent_align.errors import config_error
 
@@ -53,5 +53,3 @@ class Registry(Generic[T]):
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
-
-Factory = Callable[..., object]

@@ -7,7 +7,6 @@ rejected to fail with exactly its labelled category; rows that don't are dropped
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections import Counter
@@ -165,6 +164,3 @@ class Generator:
         for i in range(n_prompts):
             yield from self.make_rows(split, i)
 
-
-def dumps_row(row: dict) -> str:
-    return json.dumps(row, ensure_ascii=False)

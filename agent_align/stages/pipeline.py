@@ -62,8 +62,9 @@ def run(cfg, ctx: RunContext) -> dict:
              ("evaluate_aligned", lambda: _evaluate(cfg, ctx, "aligned", tracker))]
     try:
         for name, step in steps:
-            if name in timings and finished(cfg, ctx, name):
-                results[name] = finished(cfg, ctx, name)
+            done = finished(cfg, ctx, name) if name in timings else None
+            if done:
+                results[name] = done
                 continue
             with measure(timings, peaks, name):
                 results[name] = step()

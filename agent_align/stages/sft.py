@@ -22,11 +22,13 @@ log = logging.getLogger(__name__)
 
 def policy(cfg, ctx: RunContext, path: str | None = None, for_training: bool = True):
     """(model, tokenizer, encoder): reused from an earlier pipeline stage when it holds ``path``."""
+    from agent_align.hardware import set_threads
     from agent_align.models import load_model_and_tokenizer
 
     held = ctx.cache.get("policy")
     if held and held[2] == path:
         return held[0], held[1], ctx.cache["encoder"]
+    set_threads(cfg.hardware)
     model, tok = load_model_and_tokenizer(cfg, path=path, for_training=for_training)
     enc = ctx.cache.get("encoder")
     if enc is None or enc.tok.get_vocab() != tok.get_vocab():
