@@ -39,6 +39,11 @@ class ModelConfig:
     num_heads: int = 4
     intermediate_size: int = 576
     tokenizer_corpus_rows: int = 3000  # generated rows used to train the BPE tokenizer
+    # words: letter runs, single digits and punctuation runs are pre-tokenised apart, so "hotel" is the
+    # same token in a request, in book_hotel and in the output (what copying needs) | bytelevel: GPT-2's
+    pretokenizer: str = "words"
+    copy_prior: bool = True  # layer-0 previous-token heads at init (agent_align/models/copy_prior.py)
+    copy_warmup_steps: int = 400  # at most this many random-copy steps at build time (~0.2 s each); 0 = none
     init_seed: int = 0
 
 
@@ -60,6 +65,7 @@ class DataConfig:
     tools: List[str] = field(default_factory=list)  # restrict the library to these tool names (empty -> all)
     procedural_tools: int = 0  # random tools added to training so a small model learns to read schemas
     procedural_fraction: float = 0.5  # share of training prompts that use procedural tools
+    rename_fraction: float = 0.0  # share of the other training prompts whose tool is renamed (tool + some params)
     optional_arg_p: float = 0.4  # chance each optional parameter appears in a request
     negatives_source: str = "on_policy"  # synthetic | on_policy | mixed (where DPO's rejected come from)
     system_prompt: Optional[str] = None  # null -> the default for data.format
@@ -107,6 +113,7 @@ class HardwareConfig:
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
     liger_kernels: bool = False
     gradient_checkpointing: bool = False  # trades ~30% speed for activation memory
+    compact_lm_head: bool = True  # LM head + log-softmax on labelled (completion) tokens only; false = TRL's CPU default
     sft_batch_size: int = 32  # per device
     sft_grad_accum: int = 1
     dpo_batch_size: int = 32
@@ -275,6 +282,7 @@ CHOICES = {
     "data.negatives_source": ("synthetic", "on_policy", "mixed"),
     "data.negatives": ("standard", "nat"),
     "model.chat_template": ("builtin", "tokenizer"),
+    "model.pretokenizer": ("words", "bytelevel"),
     "peft.name": ("none", "lora", "qlora"),
     "hardware.device": ("cpu", "cuda"),
     "hardware.precision": ("auto", "bf16", "fp16", "fp32"),
@@ -325,8 +333,9 @@ def check_config(cfg: Any) -> None:
         raise config_error("data.negatives_per_prompt", cfg.data.negatives_per_prompt, "must be >= 1")
     if cfg.data.distractor_tools < 0:
         raise config_error("data.distractor_tools", cfg.data.distractor_tools, "must be >= 0")
-    if not 0.0 <= cfg.data.procedural_fraction <= 1.0:
-        raise config_error("data.procedural_fraction", cfg.data.procedural_fraction, "must be within [0, 1]")
+    for key in ("procedural_fraction", "rename_fraction"):
+        if not 0.0 <= cfg.data[key] <= 1.0:
+            raise config_error(f"data.{key}", cfg.data[key], "must be within [0, 1]")
     from agent_align.data.negatives import NEGATIVES
 
     for name, w in cfg.data.negative_weights.items():

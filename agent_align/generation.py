@@ -24,12 +24,12 @@ def encode_prompts(tokenizer, chats: Sequence[dict]) -> list[list[int]]:
 
 
 def inference_copy(model, bf16: bool):
-    """The model to decode with. On a bf16-capable CPU: a bf16 copy with a static KV cache.
+    """The model to decode with. On a CPU where bf16 is fast: a bf16 copy (the training weights stay fp32).
 
-    Why: CPU bf16 kernels (oneDNN) are built per tensor shape, and a growing dynamic cache makes a
-    new shape every step, so autocast decoding ran slower than fp32 here; fixed-shape bf16 decoding
-    ran ~3x faster than fp32 (128 prompts x 64 tokens, tiny model). The copy leaves the training
-    weights in full precision.
+    Decoding always uses a static KV cache (``generate_ids``): the dynamic cache concatenates every
+    layer's keys and values at each new token, which was 77% of batched decoding time in fp32 here
+    (benchmarks/README.md), and CPU bf16 kernels (oneDNN) are built per tensor shape, so a growing
+    cache also made autocast decoding slower than fp32.
     """
     import copy
 
@@ -41,14 +41,15 @@ def inference_copy(model, bf16: bool):
     for module in fast.modules():  # drop trainer-installed forward wrappers (fp32 upcast, autocast, fused head)
         module.__dict__.pop("forward", None)
         module.__dict__.pop("_original_forward", None)
-    fast.generation_config.cache_implementation = "static"
     return fast
 
 
 def generate_ids(model, tokenizer, prompt_ids: Sequence[list[int]], *, max_new_tokens: int = 96, batch_size: int = 64,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1,
-                 bf16: bool = False, desc: str | None = "generating", seed: int | None = None) -> list[list[list[int]]]:
-    """New token ids per prompt (a list of ``num_return_sequences`` sequences each), in input order."""
+                 bf16: bool = False, desc: str | None = "generating", seed: int | None = None,
+                 cache_implementation: str | None = None) -> list[list[list[int]]]:
+    """New token ids per prompt (a list of ``num_return_sequences`` sequences each), in input order.
+    ``cache_implementation``: "static" (default, see ``inference_copy``) or None for transformers' dynamic cache."""
     import torch
 
     if seed is not None:
@@ -60,7 +61,8 @@ def generate_ids(model, tokenizer, prompt_ids: Sequence[list[int]], *, max_new_t
     model.eval()
     decoder = inference_copy(model, bf16)
     gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad,
-                      eos_token_id=tokenizer.eos_token_id, num_return_sequences=num_return_sequences, use_cache=True)
+                      eos_token_id=tokenizer.eos_token_id, num_return_sequences=num_return_sequences, use_cache=True,
+                      cache_implementation=cache_implementation)
     if do_sample:
         gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
     else:

@@ -26,5 +26,6 @@ done
 python -m agent_align stage=reward_eval run_dir="$out/dpo" reward_eval.limit=200 "${common[@]}"
 python -m agent_align run_dir="$out/nat" data.negatives=nat loss=dpo "${common[@]}"
 python -m agent_align stage=analyze run_dir="$out/dpo" "${common[@]}"
-# data-mixture study (4 jobs), then its table and plots
+# data-mixture study (18 jobs on the default recipe: see experiments/mixture_study.md); it writes
+# its table and plot into the sweep directory when the last job ends
 python -m agent_align -m +experiment=mixture_study

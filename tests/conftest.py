@@ -21,7 +21,7 @@ os.environ.setdefault("AGENT_ALIGN_CACHE", tempfile.mkdtemp(prefix="agent_align_
 # A micro model: trains a step in well under a second on CPU. Tests that train use these overrides.
 MICRO = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
          "model.vocab_size=600", "model.tokenizer_corpus_rows=150", "model.max_length=256",
-         "model.max_prompt_length=200", "data.n_train=64", "data.n_eval=16", "hardware.sft_batch_size=8",
+         "model.max_prompt_length=200", "model.copy_warmup_steps=0", "data.n_train=64", "data.n_eval=16", "hardware.sft_batch_size=8",
          "hardware.dpo_batch_size=8", "hardware.eval_batch_size=16", "evaluate.max_new_tokens=24",
          "dpo.sample_prompts=8", "dpo.samples_per_prompt=2", "sft.logging_steps=1", "dpo.logging_steps=1",
          "sft.warmup_steps=0", "dpo.warmup_steps=0"]

@@ -118,3 +118,19 @@ def test_environment_trajectories_train_on_calls_only(tok):
     pair = encode_preference(trajectory_pairs([win, lose], True, 1)[0], tok)
     chosen = tok.decode([t for t, m in zip(pair["chosen_input_ids"], pair["chosen_loss_mask"]) if m])
     assert '"retrieve_documents"' in chosen and not any(o[:40] in chosen for o in observations)
+
+
+def test_preference_example_splits_at_the_shared_prompt_and_keeps_the_masks(tok):
+    """The dpo stage's columns rebuild exactly the sequences encode_preference masked; a long prompt
+    keeps its end (the latest turns), like the Encoder's string prompts."""
+    from agent_align.env.masking import preference_example
+
+    row = {"prompt": CONV[:4], "chosen": CONV[4:], "rejected": [CONV[6]], "tools": None}
+    enc, ex = encode_preference(row, tok), preference_example(row, tok)
+    for side in ("chosen", "rejected"):
+        assert ex["prompt_ids"] + ex[f"{side}_ids"] == enc[f"{side}_input_ids"]
+        assert [0] * len(ex["prompt_ids"]) + ex[f"{side}_mask"] == enc[f"{side}_loss_mask"]
+        assert len(ex[f"{side}_mask"]) == len(ex[f"{side}_ids"])
+    assert sum(ex["chosen_mask"]) == sum(ex["rejected_mask"])  # the train=false turn adds nothing
+    cut = preference_example(row, tok, max_prompt_length=10)
+    assert cut["prompt_ids"] == ex["prompt_ids"][-10:] and cut["chosen_mask"] == ex["chosen_mask"]

@@ -133,3 +133,23 @@ def test_procedural_tools_are_deterministic_and_valid(cfg_factory):
     a, b = procedural_tools(50, 3), procedural_tools(50, 3)
     assert [t.name for t in a] == [t.name for t in b] and len({t.name for t in a}) == 50
     assert all(not is_valid_schema(t.parameters) for t in a)
+
+
+def test_renamed_tools_keep_the_natural_request_and_change_the_schema(cfg_factory):
+    from agent_align.tools.library import load_builtin_tools
+    from agent_align.tools.procedural import renamed
+
+    import random
+
+    tool = next(t for t in load_builtin_tools() if t.name == "create_calendar_event")
+    new, mapping = renamed(tool, random.Random(0))
+    assert new.name != tool.name and set(mapping) == set(tool.properties)
+    assert list(new.properties) == [mapping[k] for k in tool.properties]  # order kept, so calls stay in order
+    assert new.required == [mapping[k] for k in tool.required]
+    gen = Generator(cfg_factory("data.rename_fraction=1.0", "data.procedural_tools=0").data, 0)
+    builtin = {t.name for t in gen.pools.all}
+    rows = [r for i in range(40) for r in gen.make_rows("train", i)]
+    assert rows and all(r["tool"] not in builtin for r in rows)  # every train row renamed, every one verified
+    assert all(r["tool"] in [t["function"]["name"] for t in r["tools"]] for r in rows)
+    evals = [r for i in range(20) for r in gen.make_rows("eval", i)]
+    assert all(r["tool"] in builtin for r in evals)  # evaluation is never renamed

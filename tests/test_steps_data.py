@@ -1,5 +1,5 @@
-"""Trajectory data management (import, standardise, quality filter, synthesis, augmentation) and the
-positive/negative/synthetic SFT mixture."""
+"""Trajectory data management (import, standardise, quality filter, synthesis, augmentation). The
+SFT data mixture is tested in tests/test_steps_mixture.py."""
 
 from __future__ import annotations
 
@@ -117,34 +117,3 @@ def test_trajectories_stage_imports_synthesises_and_reports(tmp_path):
     assert json.loads((tmp_path / "trajectories" / "report.json").read_text())["kept"] == report["kept"]
     with pytest.raises(UserError, match="trajectories.inputs"):
         run(compose([f"run_dir={tmp_path}"]), RunContext(tmp_path))
-
-
-def test_mixture_shares_set_the_sft_rows_and_negatives_need_nat(tmp_path):
-    from agent_align.config import check_config
-    from agent_align.data.generator import Generator
-    from agent_align.steps.mixture import sft_rows
-
-    cfg = compose([f"run_dir={tmp_path}", "data.negatives=nat", "mixture.positive=0.5", "mixture.negative=0.25",
-                   "mixture.synthetic=0.25", "mixture.total=80"])
-    rows = list(Generator(cfg.data, 0).rows("train", 60))
-    out = sft_rows(rows, cfg)
-    assert Counter(r["kind"] for r in out) == {"positive": 40, "negative": 20, "synthetic": 20}
-    assert all(r["prompt"].startswith("[Correct] ") == (r["kind"] != "negative") for r in out)
-    assert all(r["prompt"].startswith("[Incorrect] ") for r in out if r["kind"] == "negative")
-    assert out == sft_rows(rows, cfg)  # deterministic for the seed
-    plain = compose([f"run_dir={tmp_path}"])
-    assert {r["kind"] for r in sft_rows(rows, plain)} == {"positive"}
-    with pytest.raises(UserError, match="mixture.negative.*data.negatives=nat"):
-        check_config(compose([f"run_dir={tmp_path}", "mixture.negative=0.5"]))
-
-
-def test_mixture_study_experiment_composes_with_its_sweep(tmp_path):
-    cfg = compose([f"run_dir={tmp_path}", "+experiment=mixture_study"])
-    assert cfg.data.negatives == "nat" and cfg.mixture.total == 3000
-    from hydra import compose as hcompose, initialize_config_dir
-
-    from tests.conftest import CONF
-
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        full = hcompose("config", overrides=["+experiment=mixture_study"], return_hydra_config=True)
-    assert dict(full.hydra.sweeper.params) == {"mixture.negative": "0.0,0.5", "mixture.synthetic": "0.0,0.5"}

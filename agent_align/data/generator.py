@@ -21,6 +21,7 @@ from agent_align.data.negatives import EXPECTED_CATEGORY, NEGATIVES
 from agent_align.data.phrasing import render_request
 from agent_align.errors import config_error
 from agent_align.tools.library import Tool, call_schema, load_tools
+from agent_align.tools import procedural
 from agent_align.tools.procedural import procedural_tools
 from agent_align.tools.values import NoSampler, sample_object
 from agent_align.validation.validator import SchemaChecker, validate_output
@@ -123,12 +124,20 @@ class Generator:
         """The verified rows (one per negative) of prompt ``i`` of ``split``."""
         rng, tool, distractors, tag = self._prompt(split, i)
         fmt = self.cfg.format
-        args = sample_object(tool.parameters, rng, optional_p=self.cfg.optional_arg_p)
-        prompt = render_request(tool, args, rng)
+        if tool.origin == "procedural":  # random values and request styles (agent_align/tools/procedural.py)
+            args = procedural.sample_args(tool, rng, self.cfg.optional_arg_p)
+            prompt = procedural.render_request(tool, args, rng)
+        else:
+            args = sample_object(tool.parameters, rng, optional_p=self.cfg.optional_arg_p)
+            prompt = render_request(tool, args, rng)
+        schema = self.schemas[tool.name]
+        if split == "train" and tool.origin != "procedural" and rng.random() < self.cfg.rename_fraction:
+            tool, mapping = procedural.renamed(tool, rng)  # a natural request on a schema it must read
+            args = {mapping[k]: v for k, v in args.items()}
+            schema = call_schema(tool)
         offered = distractors + [tool]
         rng.shuffle(offered)
         call = {"tool": tool.name, "parameters": args}
-        schema = self.schemas[tool.name]
         chosen = render_output(call, fmt, tool.name, rng)
         if not validate_output(chosen, schema, fmt, self.checker).passed:
             self.stats["dropped_chosen"] += 1

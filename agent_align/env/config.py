@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from agent_align.env.masking import MASKED_LOSSES
 from agent_align.errors import config_error
 
 
@@ -69,6 +70,9 @@ class AgentConfig:
     trajectory_pairs: bool = False  # success vs failure of the same task -> preferences/trajectory_pairs.jsonl
     pair_runs: List[str] = field(default_factory=list)  # other runs' dirs whose trajectories join the pairing
     mask_suboptimal_traces: bool = False  # trajectory pairs: don't train on bad steps of chosen / good of rejected
+    # agent_pipeline's DPO data (seed 003): step (branching points of the informed-expert run) | trajectory
+    # (success vs failure of the same task from num_samples samples of the SFT policy; costs num_samples rollouts)
+    preference_granularity: str = "step"
     max_pairs_per_task: int = 4
     judge: str = "match"  # match (normalised answer) | openai | hf (an LLM judge through that backend)
     judge_model_path: Optional[str] = None  # judge=hf: its checkpoint (null -> model.*)
@@ -77,6 +81,7 @@ class AgentConfig:
 
 
 EXPERT_MODES = (None, "ground_truth", "random", "informed")
+GRANULARITIES = ("step", "trajectory")
 
 
 def expert_mode(agent_cfg) -> Optional[str]:
@@ -100,7 +105,8 @@ def check_agent_config(cfg) -> None:
                               ("agent.expert_mode", expert_mode(a), EXPERT_MODES),
                               ("agent.backend", a.backend, tuple(BACKENDS.names())),
                               ("agent.expert", a.expert, tuple(EXPERTS)),
-                              ("agent.judge", a.judge, tuple(JUDGES))):
+                              ("agent.judge", a.judge, tuple(JUDGES)),
+                              ("agent.preference_granularity", a.preference_granularity, GRANULARITIES)):
         if value not in valid:
             raise config_error(key, value, f"valid values: {', '.join(str(v) for v in valid)}")
     for key, value, low in (("env.horizon", e.horizon, 1), ("env.top_k", e.top_k, 1), ("env.n_tasks", e.n_tasks, 1),
@@ -126,3 +132,14 @@ def check_agent_config(cfg) -> None:
     if a.num_samples > 1 and a.temperature == 0 and a.backend in ("hf", "openai"):
         raise config_error("agent.num_samples", a.num_samples, "greedy decoding repeats the same episode; "
                            "set agent.temperature > 0 (e.g. 0.8)")
+    trajectory = a.trajectory_pairs or a.preference_granularity == "trajectory"
+    if trajectory and a.num_samples < 2 and not a.pair_runs:
+        raise config_error("agent.num_samples", a.num_samples, "trajectory pairs need a success and a failure of the "
+                           "same task: set agent.num_samples >= 2 with agent.temperature > 0 (e.g. 4 and 0.8), or "
+                           "agent.pair_runs=[RUN_DIR,...] to pair with other runs")
+    if a.mask_suboptimal_traces and not trajectory:
+        raise config_error("agent.mask_suboptimal_traces", True, "it masks steps of trajectory pairs only: set "
+                           "agent.preference_granularity=trajectory (agent_pipeline) or agent.trajectory_pairs=true")
+    if cfg.get("stage") == "agent_pipeline" and cfg.loss.name not in MASKED_LOSSES:
+        raise config_error("loss.name", cfg.loss.name, "agent_pipeline's pairs are multi-message completions, which "
+                           f"train with loss={'|'.join(MASKED_LOSSES)} (observations masked)")

@@ -3,6 +3,7 @@
     enc = encode_conversation(row["messages"], tokenizer, tools=row["tools"], mask_history=False)
     enc["input_ids"], enc["labels"]          # labels are -100 wherever the loss is masked
     pair = encode_preference(row, tokenizer)   # chosen_/rejected_ input_ids, labels, and prompt_length
+    ex = preference_example(row, tokenizer)    # the same as the dpo stage's columns (prompt_ids, chosen_mask, ...)
 
 TRL trains on every completion token, which for a trajectory would include the observations the
 environment wrote; these functions are what the SFT/DPO collators use instead. Which tokens belong
@@ -21,6 +22,7 @@ from __future__ import annotations
 from agent_align.errors import UserError
 
 IGNORE = -100
+MASKED_LOSSES = ("dpo", "ipo", "rpo")  # loss names whose DPO trainer reads these masks (agent_align.train.dpo)
 
 
 def _render(tokenizer, messages: list[dict], tools, generation_prompt: bool = False) -> str:
@@ -88,3 +90,23 @@ def encode_preference(row: dict, tokenizer, max_length: int | None = None) -> di
         out[f"{side}_loss_mask"] = enc["loss_mask"]
         out["prompt_length"] = enc["prompt_length"]  # tokens of the prompt messages, the same on both sides
     return out
+
+
+def preference_example(row: dict, tokenizer, max_prompt_length: int | None = None) -> dict:
+    """A conversational DPO row in the columns the dpo stage's masked trainer reads (agent_align.train.dpo):
+    ``prompt_ids``, ``chosen_ids``/``rejected_ids`` (each completion's tokens, from its generation prompt on)
+    and ``chosen_mask``/``rejected_mask`` over those completion tokens (1 = trained).
+
+    The prompt is where both sides' ids still agree, so TRL's prompt + completion concatenation rebuilds
+    exactly the sequences whose masks were computed. A prompt longer than ``max_prompt_length`` keeps its
+    end, as the Encoder does for string completions (the latest turns sit right before the answer)."""
+    enc = encode_preference(row, tokenizer)
+    chosen, rejected = enc["chosen_input_ids"], enc["rejected_input_ids"]
+    n = 0
+    while n < min(enc["prompt_length"], len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    prompt = chosen[:n]
+    if max_prompt_length is not None and len(prompt) > max_prompt_length:
+        prompt = prompt[-max_prompt_length:]
+    return {"prompt_ids": prompt, "chosen_ids": chosen[n:], "rejected_ids": rejected[n:],
+            "chosen_mask": enc["chosen_loss_mask"][n:], "rejected_mask": enc["rejected_loss_mask"][n:]}

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
 CHAT_TEMPLATE = (HERE / "chat_template.jinja").read_text()
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]
-BUILDER_VERSION = "1"  # bump when the build recipe changes so stale caches are not reused
+BUILDER_VERSION = "2"  # bump when the build recipe changes so stale caches are not reused
 
 
 def cache_root() -> Path:
@@ -32,12 +32,13 @@ def cache_root() -> Path:
 
 def _arch(model_cfg) -> dict:
     keys = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size", "max_length",
-            "tokenizer_corpus_rows", "init_seed")
+            "tokenizer_corpus_rows", "pretokenizer", "copy_prior", "copy_warmup_steps", "init_seed")
     return {k: getattr(model_cfg, k) for k in keys}
 
 
 def _corpus_key(data_cfg, seed: int) -> dict:
-    keys = ("format", "tools_file", "include_builtin_tools", "procedural_tools", "distractor_tools")
+    keys = ("format", "tools_file", "include_builtin_tools", "procedural_tools", "procedural_fraction",
+            "rename_fraction", "distractor_tools")
     return {"seed": seed, **{k: getattr(data_cfg, k) for k in keys}}
 
 
@@ -68,12 +69,25 @@ def corpus_texts(data_cfg, seed: int, n_rows: int) -> list[str]:
     return texts
 
 
-def train_tokenizer(texts: list[str], vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+# letter runs | one digit | runs of anything else (spaces, quotes, braces, underscores...)
+WORDS_PATTERN = r"[A-Za-z]+|[0-9]|[^A-Za-z0-9]+"
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, pretokenizer: str = "words"):
+    """Byte-level BPE. With ``words``, BPE never merges across a letter/non-letter boundary, so a word
+    is tokenised the same way wherever it appears ("hotel" in 'Book a hotel', in book_hotel and in the
+    call), and numbers are copied digit by digit. GPT-2's pre-tokeniser glues the leading space on
+    (' hotel' vs 'hotel'), which makes every copy from request or schema a different token."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if pretokenizer == "words":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(WORDS_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=2)
@@ -94,9 +108,15 @@ def build_model(model_cfg, tokenizer):
         num_attention_heads=model_cfg.num_heads, num_key_value_heads=model_cfg.num_heads,
         intermediate_size=model_cfg.intermediate_size, max_position_embeddings=max(1024, 2 * model_cfg.max_length),
         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, rms_norm_eps=1e-5)
+        pad_token_id=tokenizer.pad_token_id, rms_norm_eps=1e-5, attention_bias=model_cfg.copy_prior)
     torch.manual_seed(model_cfg.init_seed)
-    return LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config)
+    if model_cfg.copy_prior:
+        from agent_align.models.copy_prior import install_previous_token_heads
+
+        heads = min(2, model_cfg.num_heads)
+        install_previous_token_heads(model, heads=tuple(range(heads)), offsets=(1, 2)[:heads])
+    return model
 
 
 def ensure_tiny(model_cfg, data_cfg, seed: int) -> Path:
@@ -119,15 +139,21 @@ def ensure_tiny(model_cfg, data_cfg, seed: int) -> Path:
 def _build(model_cfg, data_cfg, seed: int, out: Path) -> Path:
     log.info("building %s model (tokenizer + random init), cached at %s", model_cfg.name, out)
     texts = corpus_texts(data_cfg, seed, model_cfg.tokenizer_corpus_rows)
-    tokenizer = train_tokenizer(texts, model_cfg.vocab_size)
+    tokenizer = train_tokenizer(texts, model_cfg.vocab_size, model_cfg.pretokenizer)
     model = build_model(model_cfg, tokenizer)
+    warmup = None
+    if model_cfg.copy_warmup_steps > 0:
+        from agent_align.models.copy_prior import warm_up_copying
+
+        warmup = warm_up_copying(model, (len(SPECIAL_TOKENS), len(tokenizer)), max_steps=model_cfg.copy_warmup_steps,
+                                 seed=model_cfg.init_seed)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "agent_align_build.json").write_text(json.dumps(
             {"arch": _arch(model_cfg), "corpus": _corpus_key(data_cfg, seed), "version": BUILDER_VERSION,
-             "parameters": sum(p.numel() for p in model.parameters())}, indent=2, default=str))
+             "parameters": sum(p.numel() for p in model.parameters()), "copy_warmup": warmup}, indent=2, default=str))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -6,6 +6,10 @@ Rejected samples come from ``data.negatives_source``: ``synthetic`` (the generat
 ``on_policy`` (the policy's own failing samples, paired with the correct call) or ``mixed``; with
 ``dpo.rounds`` > 1, sampling and training alternate. Reference log-probs are computed once per
 round before training (no reference model held) and cached with the round's dataset on disk.
+
+Rows whose ``chosen``/``rejected`` are lists of messages (agent trajectories and step pairs,
+agent_align.env.preferences) train only on their assistant turns: tool observations and turns marked
+``"train": false`` are masked out of the policy's and the reference's log-probs (agent_align.train.dpo).
 """
 
 from __future__ import annotations
@@ -15,15 +19,38 @@ import logging
 import random
 from pathlib import Path
 
-from agent_align.errors import UserError
+from agent_align.env.masking import MASKED_LOSSES
+from agent_align.errors import UserError, config_error, file_error
 from agent_align.jsonl import read_jsonl, write_jsonl
 from agent_align.stages.context import RunContext, finished, mark_finished
 from agent_align.stages.generate import data_paths
 from agent_align.train.common import log_history_rows, resume_point, save_final, trainer_kwargs, wrap_peft
-from agent_align.train.dpo import TRAINERS
+from agent_align.train.dpo import TRAINERS, masked_preference_dataset
 from agent_align.train.encode import chat_of, system_prompt
 
 log = logging.getLogger(__name__)
+
+
+def check_pair_rows(cfg, rows: list[dict], path) -> None:
+    """Rows are either all single-turn (string completions, with a ``schema``) or all agent pairs (message
+    lists, trained through the masked path); the latter fix the loss family and the negatives' source."""
+    conv = isinstance(rows[0]["chosen"], list)
+    for r in rows:
+        if isinstance(r["chosen"], list) != conv or isinstance(r["rejected"], list) != conv:
+            raise file_error(path, r["_line"], "mixes message-list and string completions",
+                             "one kind of preference row per file")
+        if not conv and "schema" not in r:
+            raise file_error(path, r["_line"], "missing key(s) ['schema']",
+                             "every row needs ['prompt', 'chosen', 'rejected', 'schema']")
+    if conv and cfg.loss.name not in MASKED_LOSSES:
+        raise config_error("loss.name", cfg.loss.name, f"{path} holds multi-message completions (agent pairs); "
+                           f"they train with loss={'|'.join(MASKED_LOSSES)}")
+    if conv and cfg.data.negatives_source != "synthetic":
+        raise config_error("data.negatives_source", cfg.data.negatives_source, f"{path} holds agent pairs, whose "
+                           "rejected side is in the file; set data.negatives_source=synthetic")
+    if conv and cfg.data.negatives == "nat":
+        raise config_error("data.negatives", "nat", "negative-aware tags apply to single-turn prompts, not agent pairs; "
+                           "use data.negatives=standard")
 
 
 def build_pairs(cfg, ctx, model, tok, enc, rows: list[dict], round_idx: int) -> tuple[list[dict], dict]:
@@ -41,6 +68,16 @@ def build_pairs(cfg, ctx, model, tok, enc, rows: list[dict], round_idx: int) -> 
     if cfg.loss.name == "step_dpo":
         from agent_align.steps.pairs import build_step_dpo_pairs
 
+        if src in ("on_policy", "mixed") and cfg.sample.step_dpo_continuations > 0:
+            # Step-DPO's chosen step from the policy itself, given the correct prefix (agent_align.steps.continuations)
+            from agent_align.steps.continuations import sample_continuations
+            from agent_align.steps.scorers import build_scorer
+            from agent_align.steps.scoring import score_rows
+
+            scorer = build_scorer(cfg.scorer, cfg)
+            score_rows(pairs, scorer, cfg.steps.format, default=cfg.data.format)
+            stats["step_dpo_continuations"] = sample_continuations(
+                cfg, model, tok, enc, pairs, scorer, cfg.sample.step_dpo_continuations, seed=cfg.seed + round_idx)
         pairs = build_step_dpo_pairs(pairs, cfg)
     if cfg.dpo.max_pairs:
         pairs = pairs[: cfg.dpo.max_pairs]
@@ -65,6 +102,8 @@ def to_dataset(cfg, ctx, enc, pairs: list[dict], round_idx: int):
         from agent_align.steps.pairs import step_dpo_example
 
         ds = Dataset.from_list([step_dpo_example(enc, chat_of(p, system), p) for p in pairs])
+    elif isinstance(pairs[0]["chosen"], list):  # agent pairs: observations and train:false turns masked
+        ds = masked_preference_dataset(pairs, enc.tok, cfg.model.max_length, cfg.model.max_prompt_length)
     else:
         ds = Dataset.from_list([enc.dpo_example(chat_of(p, system), p["chosen"], p["rejected"]) for p in pairs])
     ds.save_to_disk(str(path))
@@ -101,7 +140,8 @@ def run(cfg, ctx: RunContext) -> dict:
     if not Path(start).exists() and not cfg.sft.skip:
         raise UserError(f"no SFT checkpoint at {start}: run stage=sft first or set dpo.policy_from=DIR")
     train_path, _ = data_paths(cfg, ctx)
-    rows = read_jsonl(train_path, "data.train_path", required=("prompt", "chosen", "rejected", "schema"))
+    rows = read_jsonl(train_path, "data.train_path", required=("prompt", "chosen", "rejected"))
+    check_pair_rows(cfg, rows, train_path)
     if cfg.data.negatives == "nat":  # a NAT-trained policy is always prompted with the positive tag
         from agent_align.steps.nat import with_positive_tag
 

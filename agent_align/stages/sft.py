@@ -61,6 +61,21 @@ def sft_examples(cfg, rows: list[dict], enc: Encoder) -> list[dict]:
     return [enc.sft_example(chat_of(r, system), r["chosen"]) for r in unique_prompts(rows)]
 
 
+def build_trainer(cfg, ctx: RunContext, model, tok, examples: list[dict]):
+    """(SFTTrainer, its output dir) for tokenised ``examples``; benchmarks/run.py times this same path."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    dataset = Dataset.from_list([{**e, "length": len(e["input_ids"])} for e in examples])
+    out = ctx.path("checkpoints", "sft-trainer")
+    hw = cfg.hardware
+    args = SFTConfig(**trainer_kwargs(cfg, cfg.sft, out, hw.sft_batch_size, hw.sft_grad_accum, f"{cfg.experiment_name}-sft"),
+                     weight_decay=cfg.sft.weight_decay, packing=cfg.sft.packing,
+                     train_sampling_strategy="group_by_length" if cfg.sft.group_by_length and not cfg.sft.packing
+                     else "random")
+    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok), out
+
+
 def run(cfg, ctx: RunContext) -> dict:
     done = finished(cfg, ctx, "sft")
     if done:
@@ -71,9 +86,6 @@ def run(cfg, ctx: RunContext) -> dict:
         result = {"checkpoint": cfg.sft.init_from or resolve_model_path(cfg), "skipped": True}
         mark_finished(ctx, "sft", result)
         return result
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
     train_path, _ = data_paths(cfg, ctx)
     rows = read_jsonl(train_path, "data.train_path")
     need = ("messages",) if "messages" in rows[0] else ("prompt", "chosen")
@@ -84,14 +96,7 @@ def run(cfg, ctx: RunContext) -> dict:
     model, tok, enc = policy(cfg, ctx, cfg.sft.init_from)
     model = wrap_peft(cfg, model)
     examples = sft_examples(cfg, rows, enc)
-    dataset = Dataset.from_list([{**e, "length": len(e["input_ids"])} for e in examples])
-    out = ctx.path("checkpoints", "sft-trainer")
-    hw = cfg.hardware
-    args = SFTConfig(**trainer_kwargs(cfg, cfg.sft, out, hw.sft_batch_size, hw.sft_grad_accum, f"{cfg.experiment_name}-sft"),
-                     weight_decay=cfg.sft.weight_decay, packing=cfg.sft.packing,
-                     train_sampling_strategy="group_by_length" if cfg.sft.group_by_length and not cfg.sft.packing
-                     else "random")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
+    trainer, out = build_trainer(cfg, ctx, model, tok, examples)
     trainer.train(resume_from_checkpoint=resume_point(cfg, out))
     dest = ctx.path("checkpoints", "sft")
     save_final(trainer, tok, dest, cfg, {"stage": "sft", "examples": len(examples)})

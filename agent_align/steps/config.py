@@ -49,6 +49,10 @@ class SampleConfig:
     model_path: Optional[str] = None  # null -> run_dir/checkpoints/sft, else model.*
     min_margin: float = 0.0  # keep a best/worst pair only when their mean step scores differ by more
     use_gold_when_all_fail: bool = True  # no sample correct: the row's gold chosen becomes the chosen
+    # Step-DPO on-policy chosen steps: N continuations sampled after the correct prefix of each pair's
+    # rejected sample (cut at its first wrong step); the verified ones are kept. 0 = off; costs about
+    # N/k of the main sampling time again.
+    step_dpo_continuations: int = 0
 
 
 @dataclass
@@ -79,11 +83,12 @@ class NatConfig:
 
 @dataclass
 class MixtureConfig:
-    # Shares of the SFT data (normalised to sum 1). All null: no mixture (plain SFT, or NAT's 1:1).
-    positive: Optional[float] = None  # verified (request, correct call) rows
+    # Shares of the SFT data. All null: no mixture (plain SFT, or NAT's 1:1). positive null: the
+    # remainder 1 - negative - synthetic; positive set: the three are weights normalised to sum 1.
+    positive: Optional[float] = None  # verified (request, correct call) rows on the real (non-procedural) tools
     negative: Optional[float] = None  # failed outputs with the NAT negative tag (needs data.negatives=nat)
-    synthetic: Optional[float] = None  # augmented positives: paraphrased request, reordered or extra tools
-    total: int = 0  # SFT rows in the mixture; 0 -> as many as there are distinct requests
+    synthetic: Optional[float] = None  # verified rows on procedural tools (needs data.procedural_tools > 0)
+    total: int = 0  # SFT rows in the mixture, whatever the shares; 0 -> as many as there are distinct requests
 
 
 @dataclass
@@ -127,16 +132,25 @@ def check_steps_config(cfg) -> None:
     if cfg.nat.positive_tag.strip() == cfg.nat.negative_tag.strip():
         raise config_error("nat.negative_tag", cfg.nat.negative_tag, "must differ from nat.positive_tag")
     mix = cfg.mixture
-    shares = {k: getattr(mix, k) for k in ("positive", "negative", "synthetic")}
-    if any(v is not None for v in shares.values()):
-        for k, v in shares.items():
+    given = {k: getattr(mix, k) for k in ("positive", "negative", "synthetic")}
+    if any(v is not None for v in given.values()):
+        for k, v in given.items():
             if v is not None and v < 0:
                 raise config_error(f"mixture.{k}", v, "shares must be >= 0")
-        if sum(v or 0 for v in shares.values()) <= 0:
+        if mix.positive is not None and sum(v or 0 for v in given.values()) <= 0:
             raise config_error("mixture.positive", mix.positive, "at least one of mixture.positive/negative/synthetic must be > 0")
+        from agent_align.steps.mixture import shares
+
+        shares(mix)  # negative + synthetic > 1 with a null positive fails here, naming the values
         if (mix.negative or 0) > 0 and cfg.data.negatives != "nat":
             raise config_error("mixture.negative", mix.negative, "failed outputs join SFT only with their NAT tag; "
                                "add data.negatives=nat (or set mixture.negative=0)")
+        if (mix.synthetic or 0) > 0 and not cfg.data.procedural_tools:
+            raise config_error("mixture.synthetic", mix.synthetic, "synthetic rows are procedural-tool rows; "
+                               "set data.procedural_tools=N (e.g. 400) or mixture.synthetic=0")
+    if cfg.sample.step_dpo_continuations < 0:
+        raise config_error("sample.step_dpo_continuations", cfg.sample.step_dpo_continuations,
+                           "must be >= 0 (continuations per first wrong step; 0 = off)")
     if cfg.sample.k < 2:
         raise config_error("sample.k", cfg.sample.k, "needs >= 2 samples per prompt to form best/worst pairs")
     bad = [a for a in cfg.trajectories.augment if a not in ("paraphrase", "shuffle_tools", "distractors")]

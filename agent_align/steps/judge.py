@@ -36,12 +36,14 @@ JUDGE_TEMPLATE = ("Task:\n{task}\n\nTools offered: {tools}\n\nEarlier steps:\n{h
 
 
 def parse_judgement(reply: str) -> float | None:
-    """A score from the judge's reply: the first number in [0, 1], else yes/correct or no/incorrect."""
+    """A score from the judge's reply: the first number in [0, 1], else yes/correct or no/incorrect;
+    None when the reply holds neither (the scorer then falls back to ``scorer.unverifiable_score``)."""
     text = (reply or "").strip().lower()
-    m = re.search(r"(?<![\d.])(1(?:\.0+)?|0(?:\.\d+)?)(?![\d.])", text)
+    # a number ends at a non-digit: "1." and "Score: 0." are sentences, "10", "1.5" and "-1" are other numbers
+    m = re.search(r"(?<![\d.\-])(1(?:\.0+)?|0(?:\.\d+)?)(?!\d|\.\d)", text)
     if m:
         return float(m.group(1))
-    if re.search(r"\b(incorrect|wrong|no)\b", text):
+    if re.search(r"\b(incorrect|wrong|no|not)\b", text):  # before "correct": "not correct" is a no
         return 0.0
     if re.search(r"\b(correct|yes|right)\b", text):
         return 1.0
@@ -110,19 +112,47 @@ def openai_backend(scorer_cfg) -> Callable[[list[str]], list[str]]:
     return call
 
 
+def judge_chat(prompt: str) -> dict:
+    """The conversation a local judge model is given for one judge prompt."""
+    return {"messages": [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}], "tools": []}
+
+
 def hf_backend(scorer_cfg, cfg) -> Callable[[list[str]], list[str]]:
-    """A local model through the pipeline's own loader and batched generation."""
-    from agent_align.generation import generate
+    """A local model through the pipeline's own loader and batched generation: each call is one
+    greedy ``generate`` over the whole batch (LMJudgeScorer sends at most scorer.batch_size prompts)."""
+    from agent_align.generation import generate, inference_copy
+    from agent_align.hardware import resolve_precision
     from agent_align.models import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(cfg, path=scorer_cfg.model_path)
+    # The judge never trains: convert it for decoding once here, rather than generate() copying it per batch.
+    model = inference_copy(model.eval(), resolve_precision(cfg.hardware) == "bf16")
 
     def call(prompts: list[str]) -> list[str]:
-        chats = [{"messages": [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": p}],
-                  "tools": []} for p in prompts]
-        return generate(model, tokenizer, chats, max_new_tokens=scorer_cfg.max_new_tokens,
-                        batch_size=scorer_cfg.batch_size, do_sample=False, temperature=1.0, top_p=1.0)
+        return generate(model, tokenizer, [judge_chat(p) for p in prompts], max_new_tokens=scorer_cfg.max_new_tokens,
+                        batch_size=max(1, len(prompts)), do_sample=False, desc=None)
     return call
+
+
+def hf_identity(scorer_cfg, cfg) -> str:
+    """What the local judge's replies depend on, found without loading it, for the cache key.
+
+    Why not just the path: a checkpoint directory is overwritten when its run is re-trained, and the
+    embedded model behind ``model.*`` differs per preset and build; either would serve stale replies.
+    A directory is identified by its weight files' names, sizes and mtimes; the embedded model by its
+    build hash; a hub model by its id."""
+    path = scorer_cfg.model_path or (cfg.model.path if cfg is not None else None)
+    if path:
+        p = Path(path)
+        files = sorted(f for f in p.glob("*") if f.suffix in (".safetensors", ".bin", ".json")) if p.is_dir() else []
+        return json.dumps([str(p.resolve())] + [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files])
+    if cfg is None:
+        raise UserError("scorer=lm scorer.backend=hf needs scorer.model_path (or the run config for model.*)")
+    if cfg.model.hub_id:
+        return cfg.model.hub_id
+    from agent_align.models.tiny import model_hash
+
+    return f"{cfg.model.name}-{model_hash(cfg.model, cfg.data, cfg.seed)}"
 
 
 def _task_text(row: dict) -> str:
@@ -140,8 +170,11 @@ class LMJudgeScorer:
         self.unverifiable = float(scorer_cfg.unverifiable_score)
         if scorer_cfg.backend not in ("hf", "openai"):
             raise config_error("scorer.backend", scorer_cfg.backend, "valid: hf, openai")
-        model_id = scorer_cfg.api_model if scorer_cfg.backend == "openai" else (scorer_cfg.model_path or "model.*")
-        self.identity = (scorer_cfg.backend, str(model_id), scorer_cfg.max_new_tokens)
+        if scorer_cfg.backend == "openai":
+            model_id = str(scorer_cfg.api_model)
+        else:
+            model_id = hf_identity(scorer_cfg, cfg) if backend is None else (scorer_cfg.model_path or "model.*")
+        self.identity = (scorer_cfg.backend, model_id, scorer_cfg.max_new_tokens)
         self._backend = backend
         self._factory = (lambda: openai_backend(scorer_cfg)) if scorer_cfg.backend == "openai" else \
             (lambda: hf_backend(scorer_cfg, cfg))
@@ -179,13 +212,18 @@ class LMJudgeScorer:
             fresh = {k: r for (k, _), r in zip(batch, replies)}
             self.cache.put_many(fresh)
             known.update(fresh)
-        out = []
+        out, unparsed = [], []
         for k in keys:
             score = parse_judgement(known[k])
             if score is None:
-                self.stats["unparsed"] += 1
+                unparsed.append(known[k])
                 score = self.unverifiable
             out.append(score)
+        self.stats["unparsed"] += len(unparsed)
+        if unparsed:  # an untrained or mis-prompted judge would otherwise score everything silently
+            log.warning("%d of %d judge replies hold no score (e.g. %r); they score scorer.unverifiable_score=%s. "
+                        "Check the judge model (scorer.model_path / scorer.api_model)", len(unparsed), len(keys),
+                        unparsed[0][:80], self.unverifiable)
         return out
 
     def score(self, items: list[dict]) -> list[list[float]]:

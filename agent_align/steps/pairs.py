@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from agent_align.steps.scoring import all_correct, completion_format, first_wrong, mean_score, score_rows
-from agent_align.steps.split import split_steps
+from agent_align.steps.split import split_steps, steps_only
 
 log = logging.getLogger(__name__)
 SCORE_KEYS = ("chosen_scores", "rejected_scores")
@@ -49,41 +50,74 @@ def build_step_dpo_pairs(rows: list[dict], scorer, *, threshold: float = 0.5, fm
         score_rows(todo, scorer, fmt, default=default)
     out = []
     for r in rows:
-        rej_fmt = completion_format(r["rejected"], fmt, default)
-        k = first_wrong(r["rejected_scores"], threshold)
-        if k is None:
+        cut = first_wrong_cut(r, threshold, fmt, default)
+        if cut is None:
             stats["skipped_rejected_all_correct"] += 1
             continue
-        prefix, wrong_step, _ = _cut_at(r["rejected"], split_steps(r["rejected"], rej_fmt), k)
-        good = _continuation(r, k, threshold, fmt, chosen, default)
+        good = _continuation(r, cut, threshold, fmt, chosen, default)
         if good is None:
             stats["skipped_no_correct_step"] += 1
             continue
         pair = {key: v for key, v in r.items() if key not in SCORE_KEYS and key != "continuations"}
-        n_rej = sum(sg.kind == "step" for sg in split_steps(r["rejected"], rej_fmt))
-        pair.update({"id": f"{r.get('id', len(out))}-step{k}", "assistant_prefix": prefix, "chosen": good[0],
-                     "rejected": wrong_step, "step_index": k, "chosen_ends_answer": good[1],
-                     "rejected_ends_answer": k == n_rej - 1})
+        pair.update({"id": f"{r.get('id', len(out))}-step{cut.k}", "assistant_prefix": cut.prefix, "chosen": good[0],
+                     "rejected": cut.step, "step_index": cut.k, "chosen_ends_answer": good[1],
+                     "rejected_ends_answer": cut.k == cut.n_steps - 1, "chosen_source": good[2]})
         out.append(pair)
         stats["pairs"] += 1
+        stats[f"chosen_{good[2]}"] += 1
     log.info("step-dpo pairs: %s", dict(stats))
     return out
 
 
-def _continuation(row: dict, k: int, threshold: float, fmt: str, mode: str, default: str) -> tuple[Any, bool] | None:
-    """(a correct step at index k, whether it ends the answer), or None."""
-    for cont in row.get("continuations") or []:  # on-policy: sampled after the prefix, scored per step
-        if all_correct(cont.get("scores", []), threshold):
-            return cont["text"], True
+@dataclass(frozen=True)
+class Cut:
+    """A rejected answer cut at its first wrong step ``k``: ``prefix`` (everything before step k,
+    observations included) and the wrong ``step``; ``fmt`` is the format it was split with."""
+    k: int
+    prefix: Any
+    step: Any
+    n_steps: int
+    fmt: str
+
+
+def first_wrong_cut(row: dict, threshold: float, fmt: str = "auto", default: str = "json") -> Cut | None:
+    """Where Step-DPO cuts ``row["rejected"]`` (needs ``rejected_scores``), or None when no step is
+    wrong. Sampling continuations uses the same cut, so they start exactly where the pair's prompt ends."""
+    k = first_wrong(row["rejected_scores"], threshold)
+    if k is None:
+        return None
+    rej_fmt = completion_format(row["rejected"], fmt, default)
+    segments = split_steps(row["rejected"], rej_fmt)
+    prefix, step, _ = _cut_at(row["rejected"], segments, k)
+    return Cut(k, prefix, step, sum(sg.kind == "step" for sg in segments), rej_fmt)
+
+
+def _continuation(row: dict, cut: Cut, threshold: float, fmt: str, mode: str,
+                  default: str) -> tuple[Any, bool, str] | None:
+    """(a correct step at the cut, whether it ends the answer, where it came from), or None.
+
+    First choice: an on-policy continuation (``continuations``: text sampled after the prefix, with
+    the scores of its own steps), kept when every step of it is correct, as Step-DPO verifies the
+    final answer; its first step is the chosen one (``rest``: all of it). Fallback: the row's
+    ``chosen`` answer's step at that index (source = the row's ``chosen_source``, else gold)."""
+    for cont in row.get("continuations") or []:
+        if cont.get("step_index", cut.k) != cut.k or not all_correct(cont.get("scores", []), threshold):
+            continue  # sampled for another cut (the row was re-scored since), or not verified correct
+        text = cont["text"]
+        steps = steps_only(text, cut.fmt) if isinstance(text, str) else []
+        if mode == "rest" or len(steps) <= 1:
+            return text, True, "continuation"
+        return text[:steps[0].end], False, "continuation"
     scores = row["chosen_scores"]
     if not scores:
         return None
-    j = min(k, len(scores) - 1)
+    j = min(cut.k, len(scores) - 1)
     if scores[j] < threshold or not all_correct(scores[: j + 1], threshold):
         return None
     c = row["chosen"]
     _, step, rest = _cut_at(c, split_steps(c, completion_format(c, fmt, default)), j)
-    return (rest, True) if mode == "rest" else (step, j == len(scores) - 1)
+    source = row.get("chosen_source", "gold")
+    return (rest, True, source) if mode == "rest" else (step, j == len(scores) - 1, source)
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
@@ -140,7 +174,7 @@ def best_worst_pair(row: dict, samples: list[str], scores: list[list[float]], *,
         chosen, chosen_scores, source = row["chosen"], row["chosen_scores"], "gold"
     if mean_score(chosen_scores) - means[worst] <= min_margin or all_correct(scores[worst], threshold):
         return None
-    pair = {k: v for k, v in row.items() if k not in SCORE_KEYS}
+    pair = {k: v for k, v in row.items() if k not in SCORE_KEYS and k != "continuations"}  # those were for another rejected
     pair.update({"chosen": chosen, "rejected": samples[worst], "chosen_scores": chosen_scores,
                  "rejected_scores": scores[worst], "chosen_source": source, "negative_type": "on_policy"})
     return pair

@@ -65,3 +65,21 @@ def lines(xs: list[float], series: dict[str, list[float]], title: str, xlabel: s
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return save(fig, path)
+
+
+def grouped_bars(labels: list[str], series: dict[str, list[float]], errors: dict[str, list[float]], title: str,
+                 ylabel: str, path: Path) -> str:
+    """One group of bars per label, one bar per series, each with an error bar (e.g. sd over seeds)."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(labels) * max(1, len(series)) / 2 + 2), 4.0))
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series.items()):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(labels))]
+        ax.bar(xs, values, width, yerr=errors.get(name), capsize=3, label=name)
+    ax.set_xticks(range(len(labels)), labels, rotation=30)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    top = max([1.0] + [v + (e or 0) for name, vs in series.items() for v, e in zip(vs, errors.get(name) or [0] * len(vs))])
+    ax.set_ylim(0, 1.05 * top)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return save(fig, path)

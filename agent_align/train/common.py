@@ -16,7 +16,10 @@ log = logging.getLogger(__name__)
 
 def trainer_kwargs(cfg, stage_cfg, out_dir: Path, batch: int, accum: int, run_name: str) -> dict:
     """Keyword arguments shared by SFTConfig and DPOConfig (validated by TRL itself)."""
+    from agent_align.train.fast import set_compact_lm_head
+
     hw = cfg.hardware
+    set_compact_lm_head(hw.compact_lm_head)
     prec = resolve_precision(hw)
     ds = hw.distributed
     kw = dict(

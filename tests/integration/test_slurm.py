@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 # What each sweep job runs and what it must leave in its directory (the one place to change).
 # A whole tiny pipeline per job: generate -> SFT -> evaluate -> DPO -> evaluate, ~1 min on this node.
 TINY_PIPELINE = ["stage=pipeline", "data.n_train=64", "data.n_eval=8", "model.hidden_size=64", "model.num_layers=2",
-                 "model.intermediate_size=128", "model.num_heads=2", "model.vocab_size=512",
+                 "model.intermediate_size=128", "model.num_heads=2", "model.vocab_size=512", "model.copy_warmup_steps=0",
                  "model.tokenizer_corpus_rows=300", "sft.max_steps=3", "dpo.max_steps=3", "evaluate.max_new_tokens=32"]
 SWEEP = [*TINY_PIPELINE, "loss=dpo,ipo"]
 SWEPT = ("loss", ["dpo", "ipo"])

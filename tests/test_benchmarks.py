@@ -1,0 +1,73 @@
+"""benchmarks/run.py --quick: the harness runs every comparison end to end and writes its JSON. It checks
+that the harness works, not how fast anything is: no timing is compared with a threshold."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+RATIOS = {"sft_tokens_per_s", "dpo_pairs_per_s", "dpo_peak_memory", "eval_calls_per_s", "rollouts_per_s"}
+
+
+def _numbers(obj, path=""):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _numbers(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _numbers(v, f"{path}[{i}]")
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield path, obj
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "benchmarks/run.py", "--quick", "--out", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_quick_run_writes_every_key_with_finite_positive_numbers(quick):
+    result, stdout = quick
+    assert set(result) == {"machine", "ratios", "mfu", "pipeline_seconds", "raw"}
+    assert set(result["ratios"]) == RATIOS
+    assert result["pipeline_seconds"] is None  # --quick never runs the pipeline
+    assert {"cpu", "cores_total", "flags", "torch", "trl", "transformers", "matmul_peak_flops",
+            "training_precision"} <= set(result["machine"])
+    for key in ("sft", "dpo", "eval", "rollouts", "mfu", "settings", "targets", "command"):
+        assert key in result["raw"], key
+    headline = [("mfu", result["mfu"]), *((f"ratios.{k}", v) for k, v in result["ratios"].items()),
+                *_numbers(result["machine"]["matmul_peak_flops"], "machine.matmul_peak_flops")]
+    for path, value in headline:
+        assert math.isfinite(value) and value > 0, (path, value)
+    for path, value in _numbers(result):
+        assert math.isfinite(value) and value >= 0, (path, value)
+    for comparison in ("sft", "dpo", "eval", "rollouts"):
+        for side in ("ours", "baseline"):
+            for run in result["raw"][comparison][side]["runs"]:
+                assert run["seconds"] > 0 and run["rate"] > 0 and run["peak_rss_mb"] > 0, (comparison, side, run)
+    assert result["raw"]["sft"]["same_tokens_fraction"] == 1.0  # both trainers saw the same token sequences
+    assert result["raw"]["dpo"]["same_tokens_fraction"] == 1.0
+    assert "met?" in stdout and "matmul peak" in stdout
+
+
+def test_pipeline_seconds_is_the_sum_of_a_summarys_stage_timings(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmarks_run", REPO / "benchmarks" / "run.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"timings": {"generate": 4.0, "sft": 300.5, "dpo": 200.0, "total": 504.5}}))
+    assert bench.pipeline_seconds_from(summary) == 504.5
