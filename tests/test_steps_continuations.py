@@ -151,3 +151,44 @@ def test_sample_stage_counts_where_step_dpo_chosen_steps_come_from(tmp_path):
     assert out["correct"] == out["chosen_on_policy"] == 0 and not any(p.get("continuations") for p in pairs)
     assert out["chosen_gold"] + out["chosen_best_sample"] + out["skipped_no_correct_step"] == out["cuts"]
     assert out["chosen_gold"] == out["step_pairs"] > 0
+
+
+def test_on_policy_step_dpo_samples_continuations_for_the_policys_own_pairs(monkeypatch, tmp_path):
+    """stage=dpo loss=step_dpo with on-policy negatives: the sampled pairs are scored, the policy's own
+    continuations are drawn after each correct prefix, and the Step-DPO pairs are built from them."""
+    import agent_align.steps.continuations as cont
+    import agent_align.train.on_policy as op
+    from agent_align.stages.dpo import build_pairs
+
+    cfg = compose([f"run_dir={tmp_path}", "data.format=react", "loss=step_dpo", "data.negatives_source=on_policy",
+                   "sample.step_dpo_continuations=3"])
+    rows = [calc_row("add", "add 2 and 3", "2+3", "5")]
+    monkeypatch.setattr(op, "sample_negatives", lambda cfg_, m, t, e, rows_, r: ([dict(x) for x in rows_], {"n": 1}))
+    seen = {}
+
+    def fake_continuations(cfg_, model, tok, enc, pairs, scorer, n, seed):
+        seen.update(n=n, scores=[p.get("rejected_scores") for p in pairs])
+        pairs[0]["continuations"] = [{"text": action("3+2"), "scores": [1.0], "step_index": 1}]
+        return {"cuts": 1}
+    monkeypatch.setattr(cont, "sample_continuations", fake_continuations)
+    pairs, stats = build_pairs(cfg, RunContext(tmp_path), None, None, None, rows, 0)
+    assert seen == {"n": 3, "scores": [[1.0, 0.0]]}  # scored before sampling, N from the config
+    assert stats["step_dpo_continuations"] == {"cuts": 1}
+    assert pairs[0]["chosen"] == action("3+2") and pairs[0]["assistant_prefix"] == THOUGHT
+
+
+def test_dpo_dataset_cache_is_reused_only_for_the_same_pairs(tmp_path):
+    from agent_align.stages.dpo import to_dataset
+    from agent_align.train.encode import Encoder
+    from tests.test_steps_trainer import tiny_lm
+
+    cfg = compose([f"run_dir={tmp_path}", "data.format=react"])
+    _, tok = tiny_lm()
+    enc = Encoder(tok, 512, 400)
+    ctx = RunContext(tmp_path)
+    a, b = calc_row("add", "add 2 and 3", "2+3", "5"), calc_row("mul", "multiply 4 by 5", "4*5", "20")
+    first = to_dataset(cfg, ctx, enc, [a], 0)
+    again = to_dataset(cfg, ctx, enc, [a], 0)
+    assert again["chosen_ids"] == first["chosen_ids"] and len(again) == 1
+    changed = to_dataset(cfg, ctx, enc, [a, b], 0)  # a resumed run whose pairs differ must not read the old cache
+    assert len(changed) == 2 and "multiply 4 by 5" in tok.decode(changed[1]["prompt_ids"])

@@ -45,8 +45,8 @@ def teach(model, tok, prompts: list[str], replies: list[str], steps: int = 300) 
 
 def test_local_judge_batches_parses_caches_and_falls_back(tmp_path, monkeypatch, caplog):
     from omegaconf import OmegaConf
-    from transformers import LlamaForCausalLM
 
+    import agent_align.generation
     import agent_align.models
     from agent_align.models import load_model_and_tokenizer
     from agent_align.steps.judge import LMJudgeScorer
@@ -65,12 +65,12 @@ def test_local_judge_batches_parses_caches_and_falls_back(tmp_path, monkeypatch,
     scorer_cfg = OmegaConf.merge(cfg.scorer, {"model_path": str(judge_dir)})
 
     batches = []
-    original = LlamaForCausalLM.generate
+    original = agent_align.generation.generate_ids
 
-    def counting(self, *args, **kwargs):
-        batches.append(int(kwargs["input_ids"].shape[0]))
-        return original(self, *args, **kwargs)
-    monkeypatch.setattr(LlamaForCausalLM, "generate", counting)
+    def counting(model_, tok_, prompt_ids, **kwargs):  # one batched decode per call (compacting or generate)
+        batches.append(min(len(prompt_ids), kwargs.get("batch_size", 64)))
+        return original(model_, tok_, prompt_ids, **kwargs)
+    monkeypatch.setattr(agent_align.generation, "generate_ids", counting)
 
     judge = LMJudgeScorer(scorer_cfg, cfg)
     with caplog.at_level(logging.WARNING, logger="agent_align.steps.judge"):

@@ -142,7 +142,7 @@ def _build(model_cfg, data_cfg, seed: int, out: Path) -> Path:
     tokenizer = train_tokenizer(texts, model_cfg.vocab_size, model_cfg.pretokenizer)
     model = build_model(model_cfg, tokenizer)
     warmup = None
-    if model_cfg.copy_warmup_steps > 0:
+    if model_cfg.copy_prior and model_cfg.copy_warmup_steps > 0:
         from agent_align.models.copy_prior import warm_up_copying
 
         warmup = warm_up_copying(model, (len(SPECIAL_TOKENS), len(tokenizer)), max_steps=model_cfg.copy_warmup_steps,

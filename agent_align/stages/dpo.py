@@ -14,8 +14,10 @@ agent_align.env.preferences) train only on their assistant turns: tool observati
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
 import random
 from pathlib import Path
 
@@ -91,7 +93,11 @@ def to_dataset(cfg, ctx, enc, pairs: list[dict], round_idx: int):
     from datasets import Dataset, load_from_disk
 
     path = ctx.path("cache", f"dpo_dataset_r{round_idx}")
-    if cfg.resume == "auto" and (path / "dataset_info.json").exists():
+    key = hashlib.sha256(json.dumps([cfg.loss.name, cfg.model.max_length, cfg.model.max_prompt_length, pairs],
+                                    sort_keys=True, default=str).encode()).hexdigest()
+    key_file = path / "pairs.sha256"  # the cache holds exactly these pairs, tokenised for this loss and length
+    if cfg.resume == "auto" and (path / "dataset_info.json").exists() and key_file.exists() \
+            and key_file.read_text() == key:
         return load_from_disk(str(path))
     system = system_prompt(cfg)
     if cfg.loss.name == "stepwise":
@@ -106,7 +112,10 @@ def to_dataset(cfg, ctx, enc, pairs: list[dict], round_idx: int):
         ds = masked_preference_dataset(pairs, enc.tok, cfg.model.max_length, cfg.model.max_prompt_length)
     else:
         ds = Dataset.from_list([enc.dpo_example(chat_of(p, system), p["chosen"], p["rejected"]) for p in pairs])
+    if path.exists():
+        shutil.rmtree(path)
     ds.save_to_disk(str(path))
+    key_file.write_text(key)
     return load_from_disk(str(path))
 
 
