@@ -84,7 +84,7 @@ def generate_ids(model, tokenizer, prompt_ids: Sequence[list[int]], *, max_new_t
                 if (compact and not do_sample and num_return_sequences == 1 and cache_implementation is None
                         and plain_greedy(decoder)):
                     new = greedy_compacting(decoder, ids.to(model.device), mask.to(model.device), max_new_tokens,
-                                            tokenizer.eos_token_id, pad)
+                                            tokenizer.eos_token_id)
                 else:
                     gen = decoder.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
                                            **gen_kwargs)
@@ -107,7 +107,7 @@ def set_compact_decoding(enabled: bool) -> None:
     COMPACT_DECODING = bool(enabled)
 
 
-def greedy_compacting(model, ids, mask, max_new_tokens: int, eos: int, pad: int) -> list[list[int]]:
+def greedy_compacting(model, ids, mask, max_new_tokens: int, eos: int) -> list[list[int]]:
     """Greedy decoding of a left-padded batch that stops computing rows once they end.
 
     ``model.generate`` keeps every row of the batch until the longest output ends: in an eval batch whose
@@ -118,13 +118,13 @@ def greedy_compacting(model, ids, mask, max_new_tokens: int, eos: int, pad: int)
     logits; tests/test_generation.py checks it); used only when the model's generation config asks for
     no logits processing (``plain_greedy``).
     """
+    import inspect
+
     import torch
     from transformers import DynamicCache
 
-    import inspect
-
     out: list[list[int]] = [[] for _ in range(ids.shape[0])]
-    live = torch.arange(ids.shape[0])
+    live = list(range(ids.shape[0]))  # batch position -> input row
     cache = DynamicCache(config=model.config)
     params = inspect.signature(model.forward).parameters
     kw = {"cache" if "cache" in params else "past_key_values": cache, "use_cache": True}
@@ -133,11 +133,11 @@ def greedy_compacting(model, ids, mask, max_new_tokens: int, eos: int, pad: int)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw).logits[:, -1]
     last = pos[:, -1]
-    ended = torch.zeros(len(live), dtype=torch.bool)
+    ended = torch.zeros(len(live), dtype=torch.bool, device=ids.device)
     for step in range(max_new_tokens):
         nxt = logits.argmax(-1)
-        for i, (row, tok) in enumerate(zip(live.tolist(), nxt.tolist())):
-            if not ended[i] and tok != eos:
+        for row, tok, done in zip(live, nxt.tolist(), ended.tolist()):
+            if not done and tok != eos:
                 out[row].append(tok)
         ended |= nxt == eos
         if bool(ended.all()) or step == max_new_tokens - 1:
@@ -146,7 +146,8 @@ def greedy_compacting(model, ids, mask, max_new_tokens: int, eos: int, pad: int)
         if n_ended and n_ended * 8 >= len(live):  # drop ended rows from the batch and the cache
             keep = (~ended).nonzero().squeeze(-1)
             cache.batch_select_indices(keep)
-            live, nxt, mask, last, ended = live[keep], nxt[keep], mask[keep], last[keep], ended[keep]
+            live = [live[k] for k in keep.tolist()]
+            nxt, mask, last, ended = nxt[keep], mask[keep], last[keep], ended[keep]
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
         last = last + 1
         logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None], **kw).logits[:, -1]
