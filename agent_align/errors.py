@@ -17,4 +17,5 @@ def config_error(key: str, value, fix: str) -> UserError:
 def file_error(path, line: int | None, problem: str, fix: str = "") -> UserError:
     where = f"{path}:{line}" if line is not None else f"{path}"
     tail = f" ({fix})" if fix else ""
+    problem = " ".join(str(problem).split())  # parsers' messages span lines; ours are one
     return UserError(f"{where}: {problem}{tail}")

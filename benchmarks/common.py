@@ -87,6 +87,7 @@ class PeakRSS:
 
             from torch.profiler import ProfilerActivity, profile
 
+            label_fused_head()
             self._profilers = (profile(activities=[ProfilerActivity.CPU]), cProfile.Profile())
             self._profilers[0].__enter__()
             self._profilers[1].enable()
@@ -110,13 +111,73 @@ class PeakRSS:
                 "peak_increase_mb": round(self.peak_mb - self.start_mb, 1)}
 
 
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear", "aten::_mm"}
+
+
+def _region(name: str) -> str | None:
+    n = name.lower().replace("_", "")
+    if "chunkedlogprob" in n:  # TRL's fused LM head: projection + log-softmax, forward and backward
+        return "log_softmax"
+    if "scaleddotproduct" in n or "flashattention" in n:  # sdpa forward and its backward node
+        return "attention"
+    return None
+
+
+def breakdown(ops, seconds: float) -> dict:
+    """Shares of the timed block's wall time: attention (sdpa, forward and backward), log-softmax (TRL's fused LM
+    head, its projection included), other matmuls, other torch ops (elementwise, norms, copies, optimizer), and
+    the rest, time in no torch op (Python, data collation, waiting). Walks each top-level op down its children:
+    a region or matmul counts with its children, anything else with its own (self) time only."""
+    tot = {"matmul": 0.0, "attention": 0.0, "log_softmax": 0.0, "other_ops": 0.0}
+
+    def walk(ev):
+        r = _region(ev.name)
+        if r:
+            tot[r] += ev.cpu_time_total
+        elif ev.name in MATMUL_OPS:
+            tot["matmul"] += ev.cpu_time_total
+        else:
+            tot["other_ops"] += ev.self_cpu_time_total
+            for c in ev.cpu_children:
+                walk(c)
+
+    for ev in ops.events():
+        if ev.cpu_parent is None:
+            walk(ev)
+    wall_us = seconds * 1e6
+    shares = {k: v / wall_us for k, v in tot.items()}
+    shares["python_and_other"] = max(0.0, 1.0 - sum(shares.values()))
+    return shares
+
+
+def label_fused_head() -> None:
+    """Name TRL's fused LM head in profiles: its forward is a custom autograd Function that the profiler does not
+    label (its backward node is), so wrap its ``apply`` in a record_function."""
+    import torch
+    import trl.trainer.utils as tu
+
+    fn = tu._ChunkedLogProbFunction
+
+    class Labelled:
+        @staticmethod
+        def apply(*a):
+            with torch.profiler.record_function("ChunkedLogProbFunction.forward"):
+                return fn.apply(*a)
+    tu._ChunkedLogProbFunction = Labelled
+
+
 def write_profile(path: str, ops, py, seconds: float) -> None:
-    """torch ops by self CPU time, then Python functions by own and by cumulative time, as text."""
+    """Time shares (``breakdown``), torch ops by self CPU time, then Python functions by own and by cumulative
+    time, as text; the shares also go to ``path`` + ``.json``."""
     import io
+    import json
     import pstats
 
-    parts = [f"timed block: {seconds:.2f} s (profiled, so slower than the timed runs)\n\ntorch ops by self CPU time\n"
-             + ops.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)]
+    shares = breakdown(ops, seconds)
+    Path(path + ".json").write_text(json.dumps({"seconds": seconds, "shares": shares}, indent=2))
+    head = "share of the timed block: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items())
+    parts = [f"timed block: {seconds:.2f} s (profiled, so slower than the timed runs)\n{head}\n\n"
+             "torch ops by self CPU time\n" + ops.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)]
     for order in ("tottime", "cumulative"):
         buf = io.StringIO()
         pstats.Stats(py, stream=buf).sort_stats(order).print_stats(35)
@@ -178,7 +239,7 @@ def machine() -> dict:
     """The CPU, its bf16/AMX-relevant flags and the library versions (read without importing them)."""
     from importlib.metadata import version
 
-    from agent_align.hardware import cpu_flags
+    from agent_align.hardware import cpu_bf16_speedup, cpu_flags
 
     info = cpuinfo()
     return {"cpu": info.get("model name") or platform.processor() or platform.machine(),
@@ -186,4 +247,5 @@ def machine() -> dict:
             "flags": [f for f in BF16_FLAGS if f in cpu_flags()], "python": platform.python_version(),
             **{lib: version(lib) for lib in ("torch", "transformers", "trl", "datasets")},
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+            "bf16_speedup": cpu_bf16_speedup(),  # bf16 over fp32 matmul speed, as the training precision choice measures it
             "load_average_start": list(os.getloadavg())}

@@ -1,7 +1,8 @@
-"""Issue 8's benchmark: our stages against the plain baselines a user would write, on this machine.
+"""Issues 8 and 15's benchmark: our stages against the plain baselines a user would write, on this machine.
 
-    python benchmarks/run.py --out benchmarks/results/run.json --pipeline-summary runs/default/default/summary.json
-    python benchmarks/run.py --run-pipeline --out benchmarks/results/run.json   # also times `python -m agent_align`
+    python benchmarks/run.py --model smollm2_135m --out benchmarks/results/smollm2_135m.json   # the default model
+    python benchmarks/run.py --model tiny --out benchmarks/results/tiny.json
+    python benchmarks/run.py --model smollm2_135m --only sft,dpo --repeats 0 --profile benchmarks/results/profiles
     python benchmarks/run.py --quick --out /tmp/bench.json                        # seconds: checks the harness works
 
 Each comparison runs both sides in this run, on the same model, rows, batch size, sequence lengths and
@@ -30,9 +31,20 @@ from common import BF16_FLAGS, REPO, Sides, compose, machine, median, merge_over
 
 # ratio key -> (comparison, unit, direction, target): ours / baseline
 TARGETS = {"sft_tokens_per_s": ("sft", "tokens", ">=", 1.5), "dpo_pairs_per_s": ("dpo", "pairs", ">=", 2.0),
-           "dpo_peak_memory": ("dpo", "peak_rss_mb", "<=", 0.7), "eval_calls_per_s": ("eval", "calls", ">=", 5.0),
+           "dpo_peak_memory": ("dpo", "peak_rss_mb", "<=", 0.7), "ref_logps_pairs_per_s": ("ref", "pairs", ">=", 3.0),
+           "sampling_samples_per_s": ("sampling", "samples", ">=", 3.0), "eval_calls_per_s": ("eval", "calls", ">=", 5.0),
            "rollouts_per_s": ("rollouts", "episodes", ">=", 3.0)}
-MFU_TARGET, PIPELINE_TARGET_S = 0.25, 300.0
+COMPARISONS = ("sft", "dpo", "ref", "sampling", "eval", "rollouts", "mfu")
+MFU_TARGET, PIPELINE_TARGET_S = 0.35, 600.0  # of the measured matmul peak in the training dtype; the default run
+# Per model: the batch sizes the issue measured (SmolLM2 at 8 rows a step) and workloads that keep a run of
+# every comparison at about 15 minutes on 2 cores; any flag or --override given on the command line wins.
+MODEL_DEFAULTS = {
+    "smollm2_135m": {"overrides": ["hardware.sft_batch_size=8", "hardware.dpo_batch_size=8"],
+                     "args": {"repeats": 1, "steps": 3, "mfu_steps": 3, "eval_prompts": 24, "episodes": 6,
+                              "ref_pairs": 32, "sample_prompts": 12}},
+    "tiny": {"overrides": [], "args": {"repeats": 3, "steps": 20, "mfu_steps": 6, "eval_prompts": 128, "episodes": 32,
+                                       "ref_pairs": 256, "sample_prompts": 64}},
+}
 START = time.perf_counter()
 # --quick: the test suite's micro model (tests/conftest.py MICRO) and seconds-long workloads
 QUICK = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
@@ -51,13 +63,17 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, help="write the JSON results here")
     ap.add_argument("--quick", action="store_true", help="micro model, 1 repeat, a few steps: checks the harness works")
-    ap.add_argument("--model", default="tiny", help="model preset for the comparisons (default tiny, the pipeline's)")
-    ap.add_argument("--mfu-model", default="small", help="model preset for the utilisation figure")
-    ap.add_argument("--repeats", type=int, default=3, help="runs per side; order alternates")
-    ap.add_argument("--steps", type=int, default=20, help="optimizer steps per SFT/DPO run")
-    ap.add_argument("--mfu-steps", type=int, default=6, help="SFT steps on --mfu-model (the first is not timed)")
-    ap.add_argument("--eval-prompts", type=int, default=128)
-    ap.add_argument("--episodes", type=int, default=32, help="agent episodes per rollout run (test tasks)")
+    ap.add_argument("--model", default="tiny", help="model preset for the comparisons (tiny | smollm2_135m | ...)")
+    ap.add_argument("--mfu-model", help="model preset for the utilisation figure (default: --model; small for tiny)")
+    ap.add_argument("--only", help="comma-separated comparisons to run (default all: " + ",".join(COMPARISONS) + ")")
+    ap.add_argument("--repeats", type=int, help="runs per side; order alternates (0: only --profile runs)")
+    ap.add_argument("--steps", type=int, help="optimizer steps per SFT/DPO run")
+    ap.add_argument("--mfu-steps", type=int, help="SFT steps on --mfu-model (the first is not timed)")
+    ap.add_argument("--eval-prompts", type=int)
+    ap.add_argument("--episodes", type=int, help="agent episodes per rollout run (test tasks)")
+    ap.add_argument("--ref-pairs", type=int, help="pairs in the reference log-prob comparison")
+    ap.add_argument("--sample-prompts", type=int, help="prompts in the on-policy sampling comparison "
+                                                       "(dpo.samples_per_prompt samples each)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: hardware.torch_threads' default)")
     ap.add_argument("--eval-model", help="checkpoint for evaluation and rollouts (default: the pipeline run's "
                                          "checkpoints/sft if known, else the untrained model)")
@@ -70,8 +86,18 @@ def parse_args(argv=None):
                                                  "write the tables (torch ops, cProfile) to this directory")
     ap.add_argument("--work-dir", type=Path, help="where data and runs go (default: a temp dir, removed at the end)")
     args = ap.parse_args(argv)
+    defaults = MODEL_DEFAULTS.get(args.model, MODEL_DEFAULTS["smollm2_135m"])
+    for key, value in defaults["args"].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.model_overrides = list(defaults["overrides"])
+    args.mfu_model = args.mfu_model or ("small" if args.model == "tiny" else args.model)
+    args.only = [c.strip() for c in args.only.split(",")] if args.only else list(COMPARISONS)
+    if set(args.only) - set(COMPARISONS):
+        ap.error(f"--only: unknown {sorted(set(args.only) - set(COMPARISONS))}; valid: {','.join(COMPARISONS)}")
     if args.quick:
         args.repeats, args.steps, args.mfu_steps, args.eval_prompts, args.episodes = 1, 2, 3, 8, 4
+        args.ref_pairs, args.sample_prompts = 8, 4
         args.mfu_model = args.model
         if args.run_pipeline:
             ap.error("--quick never runs the pipeline; pass --pipeline-summary instead")
@@ -103,16 +129,19 @@ class Plan:
     def __init__(self, args, work: Path):
         self.args, self.work = args, work
         self.base = merge_overrides([f"model={args.model}", "resume=never", f"hardware.torch_threads={args.threads}"],
-                                    QUICK if args.quick else [])
+                                    args.model_overrides, QUICK if args.quick else [])
         hw = self.compose().hardware
         self.sft_rows = args.steps * hw.sft_batch_size * hw.sft_grad_accum
         self.dpo_rows = args.steps * hw.dpo_batch_size * hw.dpo_grad_accum
         self.mfu_rows = args.mfu_steps * hw.sft_batch_size * hw.sft_grad_accum
-        n_train = int(1.5 * max(self.sft_rows, self.dpo_rows, self.mfu_rows)) + 64  # some rows don't fit the cutoff
+        n_train = int(1.5 * max(self.sft_rows, self.dpo_rows, self.mfu_rows, args.ref_pairs, args.sample_prompts)) + 64
+        n_train = max(n_train, 2 * args.sample_prompts + 64)  # some rows don't fit the cutoff; SFT rows are distinct prompts
         data = [f"data.n_train={n_train}", f"data.n_eval={max(args.eval_prompts, 16)}"]
         self.sft = self.compose(data, [f"sft.max_steps={args.steps}"])
         self.dpo = self.compose(data, ["loss=dpo", f"dpo.max_steps={args.steps}", "data.negatives_source=synthetic"])
         self.eval = self.compose(data)
+        self.ref = self.compose(data, ["loss=dpo", "data.negatives_source=synthetic"])
+        self.sampling = self.compose(data, [f"dpo.sample_prompts={args.sample_prompts}", "data.negatives_source=on_policy"])
         self.mfu = self.compose([f"model={args.mfu_model}"], data, [f"sft.max_steps={args.mfu_steps}"])
         self.threads = args.threads or os.cpu_count() or 1
 
@@ -141,6 +170,11 @@ class Plan:
                     train_spec(self.sft, cmp["sft_rows"], self.sft.sft, hw.sft_batch_size, hw.sft_grad_accum)),
             "dpo": (sides.dpo_ours, sides.dpo_baseline,
                     train_spec(self.dpo, cmp["dpo_rows"], self.dpo.dpo, hw.dpo_batch_size, hw.dpo_grad_accum)),
+            "ref": (sides.ref_ours, sides.ref_baseline,
+                    {**train_spec(self.ref, cmp["ref_rows"], self.ref.dpo, hw.dpo_batch_size, 1),
+                     "ref_batch_size": self.ref.hardware.eval_batch_size}),
+            "sampling": (sides.sampling_ours, sides.sampling_baseline,
+                         {**common, "cfg": self.sampling, "rows": cmp["sampling_rows"], "model_dir": eval_model}),
             "eval": (sides.eval_ours, sides.eval_baseline,
                      {**common, "cfg": self.eval, "rows": prep["eval_rows"], "model_dir": eval_model,
                       "max_new_tokens": self.eval.evaluate.max_new_tokens}),
@@ -156,6 +190,13 @@ def agreement(comparison: str, ours: dict, base: dict) -> dict:
     if comparison == "rollouts":
         a, b = ours["steps_by_episode"], base["steps_by_episode"]
         return {"same_episode_length_fraction": sum(a[k] == b.get(k) for k in a) / len(a)}
+    if comparison == "ref":  # bf16 on both sides (where the CPU has it): equal to about a bf16 rounding per token
+        diffs = [abs(a - b) for side in ("ref_chosen", "ref_rejected") for a, b in zip(ours[side], base[side])]
+        scale = [abs(b) for side in ("ref_chosen", "ref_rejected") for b in base[side]]
+        return {"ref_logps_max_abs_diff": max(diffs), "ref_logps_mean_abs": sum(scale) / len(scale),
+                "ref_logps_within_2pct_fraction": sum(d <= 0.02 * max(s, 1.0) for d, s in zip(diffs, scale)) / len(diffs)}
+    if comparison == "sampling":  # sampled, so not equal: the same validator pass rate within noise
+        return {"pass_rate_ours": ours["pass_rate"], "pass_rate_baseline": base["pass_rate"]}
     return {}
 
 
@@ -164,8 +205,8 @@ def summarise(unit: str, runs: dict) -> dict:
     for side, rs in runs.items():
         for r in rs:
             r["rate"] = r[unit] / r["seconds"]
-            r.pop("outputs", None)
-            r.pop("steps_by_episode", None)
+            for big in ("outputs", "steps_by_episode", "ref_chosen", "ref_rejected"):
+                r.pop(big, None)
         out[side] = {"median_rate": median([r["rate"] for r in rs]),
                      "median_peak_rss_mb": median([r["peak_rss_mb"] for r in rs]),
                      "median_peak_increase_mb": median([r["peak_increase_mb"] for r in rs]), "runs": rs}
@@ -176,6 +217,8 @@ def summarise(unit: str, runs: dict) -> dict:
 def measure(args, plan: Plan, pool: Sides, prep: dict, eval_model: str) -> dict:
     raw: dict = {}
     for comparison, (ours_fn, base_fn, spec) in plan.specs(prep, eval_model).items():
+        if comparison not in args.only:
+            continue
         unit = next(u for c, u, _, _ in TARGETS.values() if c == comparison)
         runs: dict = {"ours": [], "baseline": []}
         for r in range(args.repeats):
@@ -192,9 +235,13 @@ def measure(args, plan: Plan, pool: Sides, prep: dict, eval_model: str) -> dict:
             for side, fn in (("ours", ours_fn), ("baseline", base_fn)):
                 say(f"{comparison}: profiling {side} (not timed)")
                 args.profile.mkdir(parents=True, exist_ok=True)
+                path = args.profile / f"{comparison}-{side}.txt"
                 pool.run(sides.profiled, {**spec, "side_fn": fn.__name__, "run_dir": str(plan.work / "runs" / "profile"),
-                                          "profile_path": str(args.profile / f"{comparison}-{side}.txt")})
+                                          "profile_path": str(path)})
+                raw.setdefault("profile", {})[f"{comparison}-{side}"] = json.loads(Path(f"{path}.json").read_text())
                 shutil.rmtree(plan.work / "runs" / "profile", ignore_errors=True)
+        if not args.repeats:
+            continue
         checks = agreement(comparison, runs["ours"][0], runs["baseline"][0])
         raw[comparison] = {**summarise(unit, runs), **checks}
         if comparison in ("sft", "dpo"):
@@ -225,51 +272,66 @@ def _main(args, work: Path) -> dict:
     plan = Plan(args, work)
     pool = Sides()
     same_model = args.mfu_model == args.model
-    models = [("cmp", plan.sft, {"sft": plan.sft_rows, "dpo": plan.dpo_rows, **({"mfu": plan.mfu_rows} if same_model else {})})]
-    if not same_model:
+    need = {"sft": plan.sft_rows, "dpo": plan.dpo_rows, "ref": args.ref_pairs, "sampling": args.sample_prompts}
+    models = [("cmp", plan.sft, {**need, **({"mfu": plan.mfu_rows} if same_model else {})})]
+    if not same_model and "mfu" in args.only:
         models.append(("mfu", plan.mfu, {"mfu": plan.mfu_rows}))
     say("preparing data and models")
     prep = pool.run(sides.prepare, {"cfg": plan.sft, "work": str(work), "models": models, "n_eval": args.eval_prompts})
     eval_model = args.eval_model or _pipeline_sft(pipeline) or prep["cmp"]["model_dir"]
     raw = measure(args, plan, pool, prep, eval_model)
-    mfu_rows = prep["cmp" if same_model else "mfu"]
-    say(f"utilisation: matmul peak, then {args.mfu_steps} SFT steps on model={args.mfu_model}")
-    mfu_spec = {"cfg": plan.mfu, "rows": mfu_rows["mfu_rows"], "model_dir": mfu_rows["model_dir"],
-                "run_dir": str(work / "runs" / "mfu"), "matmul_n": 512 if args.quick else 2048,
-                "matmul_repeats": 3 if args.quick else 10}
-    raw["mfu"] = pool.run(sides.mfu, mfu_spec)
-    shutil.rmtree(mfu_spec["run_dir"], ignore_errors=True)
-    raw["mfu"]["model"] = args.mfu_model
-    if args.profile:
-        say("utilisation: profiling (not timed)")
-        pool.run(sides.profiled, {**mfu_spec, "side_fn": "mfu", "run_dir": str(work / "runs" / "mfu-profile"),
-                                  "profile_path": str(args.profile / "mfu.txt")})
-        shutil.rmtree(work / "runs" / "mfu-profile", ignore_errors=True)
-    mach.update(training_precision=raw["mfu"]["precision"], torch_threads=raw["mfu"]["threads"],
-                matmul_peak_flops=raw["mfu"]["matmul_peak_flops"], load_average_end=list(os.getloadavg()))
+    if "mfu" in args.only:
+        raw["mfu"] = run_mfu(args, plan, pool, prep, work, same_model)
+        mach.update(training_precision=raw["mfu"]["precision"], torch_threads=raw["mfu"]["threads"],
+                    matmul_peak_flops=raw["mfu"]["matmul_peak_flops"])
+    mach["load_average_end"] = list(os.getloadavg())
     ratios = {key: raw[c]["ratio"] if u != "peak_rss_mb" else
               raw[c]["ours"]["median_peak_rss_mb"] / raw[c]["baseline"]["median_peak_rss_mb"]
-              for key, (c, u, _, _) in TARGETS.items()}
-    raw["dpo"]["peak_increase_ratio"] = raw["dpo"]["ours"]["median_peak_increase_mb"] / \
-        raw["dpo"]["baseline"]["median_peak_increase_mb"]
+              for key, (c, u, _, _) in TARGETS.items() if c in raw}
+    if "dpo" in raw:
+        raw["dpo"]["peak_increase_ratio"] = raw["dpo"]["ours"]["median_peak_increase_mb"] / \
+            raw["dpo"]["baseline"]["median_peak_increase_mb"]
     raw["pipeline"] = pipeline
-    raw["settings"] = {"quick": args.quick, "model": args.model, "mfu_model": args.mfu_model, "repeats": args.repeats,
-                       "steps": args.steps, "mfu_steps": args.mfu_steps, "eval_prompts": args.eval_prompts,
-                       "episodes": args.episodes, "eval_model": eval_model, "baseline_fp32": args.baseline_fp32,
-                       "eval_model_trained": eval_model != prep["cmp"]["model_dir"], "overrides": plan.base + args.override,
-                       "sft_batch_size": plan.sft.hardware.sft_batch_size,
-                       "dpo_batch_size": plan.dpo.hardware.dpo_batch_size, "max_length": plan.sft.model.max_length}
+    raw["settings"] = {"quick": args.quick, "model": args.model, "mfu_model": args.mfu_model, "only": args.only,
+                       "repeats": args.repeats, "steps": args.steps, "mfu_steps": args.mfu_steps,
+                       "eval_prompts": args.eval_prompts, "episodes": args.episodes, "ref_pairs": args.ref_pairs,
+                       "sample_prompts": args.sample_prompts, "eval_model": eval_model,
+                       "baseline_fp32": args.baseline_fp32, "eval_model_trained": eval_model != prep["cmp"]["model_dir"],
+                       "overrides": plan.base + args.override, "sft_batch_size": plan.sft.hardware.sft_batch_size,
+                       "dpo_batch_size": plan.dpo.hardware.dpo_batch_size, "max_length": plan.sft.model.max_length,
+                       "shared_prompt_dpo": plan.dpo.hardware.shared_prompt_dpo,
+                       "gradient_checkpointing": plan.dpo.hardware.gradient_checkpointing}
     raw["command"] = " ".join([Path(sys.executable).name, *sys.argv])
-    raw["targets"] = met(ratios, raw["mfu"]["mfu"], pipeline.get("stage_seconds_sum"))
-    result = {"machine": mach, "ratios": ratios, "mfu": raw["mfu"]["mfu"],
+    mfu = raw["mfu"]["mfu"] if "mfu" in raw else None
+    raw["targets"] = met(ratios, mfu, pipeline.get("stage_seconds_sum"))
+    result = {"machine": mach, "model": args.model, "ratios": ratios, "mfu": mfu,
               "pipeline_seconds": pipeline.get("stage_seconds_sum"), "raw": raw}
-    print(table(result))
+    if ratios or mfu is not None:
+        print(table(result))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(args.out.suffix + ".tmp")
         tmp.write_text(json.dumps(result, indent=2, default=str, allow_nan=False) + "\n")  # measured numbers are finite
         os.replace(tmp, args.out)
     return result
+
+
+def run_mfu(args, plan: Plan, pool: Sides, prep: dict, work: Path, same_model: bool) -> dict:
+    """Training FLOP/s of our SFT path over the matmul peak measured in the same process, in the training dtype."""
+    mfu_rows = prep["cmp" if same_model else "mfu"]
+    say(f"utilisation: matmul peak, then {args.mfu_steps} SFT steps on model={args.mfu_model}")
+    mfu_spec = {"cfg": plan.mfu, "rows": mfu_rows["mfu_rows"], "model_dir": mfu_rows["model_dir"],
+                "run_dir": str(work / "runs" / "mfu"), "matmul_n": 512 if args.quick else 2048,
+                "matmul_repeats": 3 if args.quick else 10}
+    out = pool.run(sides.mfu, mfu_spec)
+    shutil.rmtree(mfu_spec["run_dir"], ignore_errors=True)
+    out["model"] = args.mfu_model
+    if args.profile:
+        say("utilisation: profiling (not timed)")
+        pool.run(sides.profiled, {**mfu_spec, "side_fn": "mfu", "run_dir": str(work / "runs" / "mfu-profile"),
+                                  "profile_path": str(args.profile / "mfu.txt")})
+        shutil.rmtree(work / "runs" / "mfu-profile", ignore_errors=True)
+    return out
 
 
 def _pipeline_sft(pipeline: dict) -> str | None:
@@ -279,10 +341,11 @@ def _pipeline_sft(pipeline: dict) -> str | None:
     return str(sft) if (sft / "config.json").exists() else None
 
 
-def met(ratios: dict, mfu: float, pipeline_s: float | None) -> dict:
+def met(ratios: dict, mfu: float | None, pipeline_s: float | None) -> dict:
     out = {key: (ratios[key] >= target if op == ">=" else ratios[key] <= target)
-           for key, (_, _, op, target) in TARGETS.items()}
-    out["mfu"] = mfu >= MFU_TARGET
+           for key, (_, _, op, target) in TARGETS.items() if key in ratios}
+    if mfu is not None:
+        out["mfu"] = mfu >= MFU_TARGET
     if pipeline_s is not None:
         out["pipeline_seconds"] = pipeline_s <= PIPELINE_TARGET_S
     return out
@@ -292,18 +355,21 @@ def table(result: dict) -> str:
     raw, m = result["raw"], result["machine"]
     rows = [("comparison", "ours", "baseline", "ratio", "target", "met?")]
     for key, (c, unit, op, target) in TARGETS.items():
+        if key not in result["ratios"]:
+            continue
         if unit == "peak_rss_mb":
             o, b = raw[c]["ours"]["median_peak_rss_mb"], raw[c]["baseline"]["median_peak_rss_mb"]
             label, fmt = "DPO peak RSS (MB)", "{:,.0f}"
         else:
             o, b = raw[c]["ours"]["median_rate"], raw[c]["baseline"]["median_rate"]
-            label, fmt = f"{c} {raw[c]['unit']}", "{:,.1f}"
+            label, fmt = f"{c} {raw[c]['unit']}", "{:,.1f}" if o >= 10 else "{:,.2f}"
         rows.append((label, fmt.format(o), fmt.format(b), f"{result['ratios'][key]:.2f}x", f"{op} {target}x",
                      "yes" if raw["targets"][key] else "NO"))
-    mf = raw["mfu"]
-    rows.append((f"MFU {mf['model']} ({mf['precision']})", f"{mf['achieved_flops'] / 1e9:,.1f} GFLOP/s",
-                 f"{mf['matmul_peak_flops'][mf['precision']] / 1e9:,.1f} peak", f"{result['mfu']:.1%}",
-                 f">= {MFU_TARGET:.0%}", "yes" if raw["targets"]["mfu"] else "NO"))
+    if "mfu" in raw:
+        mf = raw["mfu"]
+        rows.append((f"MFU {mf['model']} ({mf['precision']})", f"{mf['achieved_flops'] / 1e9:,.1f} GFLOP/s",
+                     f"{mf['matmul_peak_flops'][mf['precision']] / 1e9:,.1f} peak", f"{result['mfu']:.1%}",
+                     f">= {MFU_TARGET:.0%}", "yes" if raw["targets"]["mfu"] else "NO"))
     p = result["pipeline_seconds"]
     rows.append(("default pipeline (s)", f"{p:,.0f}" if p is not None else "not run", "", "", f"<= {PIPELINE_TARGET_S:.0f}",
                  ("yes" if raw["targets"]["pipeline_seconds"] else "NO") if p is not None else "-"))
@@ -311,21 +377,25 @@ def table(result: dict) -> str:
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
              for r in rows]
     lines.insert(1, "-" * len(lines[0]))
-    peaks = ", ".join(f"{d} {v / 1e9:,.1f} GFLOP/s" for d, v in m["matmul_peak_flops"].items())
     absent = [f for f in BF16_FLAGS if f not in m["flags"]]
-    lines += ["", f"machine: {m['cpu']} ({m['cpu_family_model']}), {m['cores_visible']}/{m['cores_total']} cores; "
-                  f"flags {' '.join(m['flags'])}" + (f" (absent: {' '.join(absent)})" if absent else ""),
-              f"  torch {m['torch']}, transformers {m['transformers']}, trl {m['trl']}; {m['torch_threads']} threads, "
-              f"OMP_WAIT_POLICY={m['omp_wait_policy'] or 'unset'}; training dtype {m['training_precision']}",
-              f"  matmul peak: {peaks}; load average {m['load_average_start'][0]:.2f} -> {m['load_average_end'][0]:.2f}"]
-    checks = [f"{c}: {k} {raw[c][k]:.2f}" for c in ("sft", "dpo", "eval", "rollouts") for k in raw[c]
-              if k.endswith("_fraction")]
-    lines.append("  checks (1.00 = both sides saw/produced the same): " + "; ".join(checks))
+    lines += ["", f"model {result['model']}; machine: {m['cpu']} ({m['cpu_family_model']}), "
+                  f"{m['cores_visible']}/{m['cores_total']} cores; flags {' '.join(m['flags'])}"
+                  + (f" (absent: {' '.join(absent)})" if absent else ""),
+              f"  torch {m['torch']}, transformers {m['transformers']}, trl {m['trl']}; "
+              f"{m.get('torch_threads', '?')} threads, OMP_WAIT_POLICY={m['omp_wait_policy'] or 'unset'}; "
+              f"training dtype {m.get('training_precision', '?')}, bf16/fp32 matmul speed {m['bf16_speedup']:.2f}x"]
+    if "matmul_peak_flops" in m:
+        peaks = ", ".join(f"{d} {v / 1e9:,.1f} GFLOP/s" for d, v in m["matmul_peak_flops"].items())
+        lines.append(f"  matmul peak: {peaks}")
+    lines.append(f"  load average {m['load_average_start'][0]:.2f} -> {m['load_average_end'][0]:.2f}")
+    checks = [f"{c}: {k} {raw[c][k]:.3g}" for c in COMPARISONS if c in raw and c != "mfu" for k in raw[c]
+              if k.endswith("_fraction") or k.startswith(("pass_rate", "ref_logps_max"))]
+    lines.append("  checks (fractions: 1.00 = both sides saw/produced the same): " + "; ".join(checks))
     if raw["pipeline"]:
         lines.append(f"  pipeline: the stage timings of {raw['pipeline']['summary']}")
     if not raw["settings"]["eval_model_trained"]:
-        lines.append("  note: eval and rollouts used the untrained model (pass --eval-model or --pipeline-summary): "
-                     "its outputs rarely stop early, which flatters batching")
+        lines.append("  note: eval, sampling and rollouts used the untrained model (pass --eval-model or "
+                     "--pipeline-summary)")
     return "\n".join(lines)
 
 

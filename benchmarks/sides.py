@@ -99,9 +99,10 @@ def prepare(spec: dict) -> dict:
                                                       for c in completions)
 
         sft_fit = [r for r in unique_prompts(train) if fits(r, r["chosen"])]
-        picked = {kind: sft_fit[:n] for kind, n in need.items() if kind in ("sft", "mfu")}  # mfu: SFT rows too
-        if "dpo" in need:
-            picked["dpo"] = [r for r in train if fits(r, r["chosen"], r["rejected"])][: need["dpo"]]
+        # mfu and sampling use SFT rows too (distinct prompts); ref (the reference pass) uses DPO pairs
+        picked = {kind: sft_fit[:n] for kind, n in need.items() if kind in ("sft", "mfu", "sampling")}
+        dpo_fit = [r for r in train if fits(r, r["chosen"], r["rejected"])] if {"dpo", "ref"} & set(need) else []
+        picked.update({kind: dpo_fit[:n] for kind, n in need.items() if kind in ("dpo", "ref")})
         for kind, rows in picked.items():
             if len(rows) < need[kind]:
                 raise SystemExit(f"error: only {len(rows)} of {need[kind]} {kind} rows fit {name}'s "
@@ -199,6 +200,102 @@ def dpo_baseline(spec: dict) -> dict:
     same = sum(e == {"prompt_ids": p, "chosen_ids": c, "rejected_ids": j}
                for e, p, c, j in zip(expected, got["prompt_ids"], got["chosen_ids"], got["rejected_ids"]))
     return {**_trained(trainer, meter), "pairs": len(got), "same_tokens_fraction": same / len(expected)}
+
+
+# --- reference log-probs ------------------------------------------------------------------------------------------
+def _no_training() -> None:
+    """Only the reference pass is timed: TRL runs it in the trainer's constructor (precompute_ref_log_probs), so
+    ``train`` does nothing in this (fresh, throw-away) process."""
+    from trl import DPOTrainer
+
+    DPOTrainer.train = lambda self, *a, **k: None
+
+
+def _ref_values(ds) -> dict:
+    return {"ref_chosen": [float(x) for x in ds["ref_chosen_logps"]],
+            "ref_rejected": [float(x) for x in ds["ref_rejected_logps"]]}
+
+
+def ref_ours(spec: dict) -> dict:
+    """stages.dpo.to_dataset + train_round up to training: tokenised pairs, then the reference pass."""
+    from agent_align.stages.dpo import to_dataset, train_round
+
+    _no_training()
+    cfg, ctx, model, tok, enc = _ours_setup(spec)
+    pairs = [dict(r, source="synthetic") for r in _rows(spec["rows"])]
+    with PeakRSS() as meter:
+        trainer = train_round(cfg, ctx, model, tok, to_dataset(cfg, ctx, enc, pairs, 0), 0)
+    return {**meter.as_dict(), "pairs": len(trainer.train_dataset), **_ref_values(trainer.train_dataset),
+            "settings": {"batch_size": trainer.args.precompute_ref_batch_size, "bf16": bool(trainer.args.bf16)}}
+
+
+def ref_baseline(spec: dict) -> dict:
+    """TRL's DPOTrainer with ``precompute_ref_log_probs=True`` (its way of not holding a reference model), at the
+    same reference batch size as ours; timed from the raw rows to the constructor returning."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    _no_training()
+    set_threads(spec["threads"])
+    model, tok = _plain_model(spec["model_dir"])
+    rows = _rows(spec["rows"])
+    records = [{"prompt": _chat_messages(r, spec["system"]), "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                "rejected": [{"role": "assistant", "content": r["rejected"]}], "tools": json.dumps(r.get("tools") or [])}
+               for r in rows]
+    with PeakRSS() as meter:
+        args = DPOConfig(output_dir=str(Path(spec["run_dir"]) / "trainer"), per_device_train_batch_size=spec["batch_size"],
+                         max_length=spec["max_length"], precompute_ref_log_probs=True,
+                         precompute_ref_batch_size=spec["ref_batch_size"], **_cpu_defaults(spec))
+        trainer = DPOTrainer(model, args=args, train_dataset=Dataset.from_list(records), processing_class=tok)
+    return {**meter.as_dict(), "pairs": len(trainer.train_dataset), **_ref_values(trainer.train_dataset),
+            "settings": {"batch_size": spec["ref_batch_size"], "bf16": bool(args.bf16)}}
+
+
+# --- on-policy sampling -------------------------------------------------------------------------------------------
+def sampling_ours(spec: dict) -> dict:
+    """train.on_policy.sample_negatives: the DPO stage's sampling, validation and pairing of every prompt."""
+    from agent_align.train.on_policy import sample_negatives
+
+    cfg, _, model, tok, enc = _ours_setup({**spec, "for_training": False})
+    rows = _rows(spec["rows"])
+    with PeakRSS() as meter:
+        _, stats = sample_negatives(cfg, model, tok, enc, rows, 0)
+    return {**meter.as_dict(), "samples": stats["samples"], "pass_rate": stats["sample_pass_rate"]}
+
+
+def sampling_baseline(spec: dict) -> dict:
+    """``model.generate(do_sample=True, ...)`` on left-padded batches of the same prompts, with the same
+    temperature, top-p (top_k=0: ours has no top-k), samples per prompt, new-token limit and prompts per batch;
+    the same validator scores the samples inside the timing, as the stage does on our side."""
+    import torch
+
+    from agent_align.validation.validator import SchemaChecker, validate_output
+
+    cfg = spec["cfg"]
+    set_threads(spec["threads"])
+    model, tok = _plain_model(spec["model_dir"])
+    model.eval()
+    tok.padding_side = "left"
+    rows, k = _rows(spec["rows"]), cfg.dpo.samples_per_prompt
+    batch = max(1, (cfg.evaluate.batch_size or cfg.hardware.eval_batch_size) // k)
+    checker, n_samples, n_pass = SchemaChecker(), 0, 0
+    torch.manual_seed(cfg.seed)
+    with PeakRSS() as meter:
+        for start in range(0, len(rows), batch):
+            chunk = rows[start:start + batch]
+            texts = [tok.apply_chat_template(_chat_messages(r, spec["system"]), tools=r.get("tools") or None,
+                                             add_generation_prompt=True, tokenize=False) for r in chunk]
+            inputs = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                out = model.generate(**inputs, do_sample=True, temperature=cfg.dpo.temperature, top_p=cfg.dpo.top_p,
+                                     top_k=0, num_return_sequences=k, max_new_tokens=cfg.evaluate.max_new_tokens,
+                                     pad_token_id=tok.pad_token_id)
+            new = out[:, inputs["input_ids"].shape[1]:]
+            for j, seq in enumerate(new):
+                text = tok.decode(seq, skip_special_tokens=True)
+                n_samples += 1
+                n_pass += validate_output(text, chunk[j // k]["schema"], cfg.data.format, checker).passed
+    return {**meter.as_dict(), "samples": n_samples, "pass_rate": n_pass / max(1, n_samples)}
 
 
 # --- evaluation ---------------------------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The runs behind the numbers in docs/step_level.md and experiments/step_level.md (tiny model, CPU).
+# The runs behind the numbers in docs/step_level.md and experiments/step_level.md (tiny model, CPU:
+# +experiment=from_scratch keeps the recipe they were measured with).
 # One SFT is shared: the dpo/stepwise/step_dpo runs reuse the base run's data and SFT checkpoint
 # (resume=auto skips finished stages), so they differ only in the preference loss.
 #   bash experiments/step_level_runs.sh [OUT_DIR]
 set -euo pipefail
 out="${1:-runs/step_level}"
-common=(data.format=react data.n_train=3000 data.n_eval=200 data.procedural_tools=0 dpo.max_pairs=960 hardware.eval_batch_size=64)
+common=(+experiment=from_scratch data.format=react data.n_train=3000 data.n_eval=200 data.procedural_tools=0 dpo.max_pairs=960 hardware.eval_batch_size=64)
 python -m agent_align run_dir="$out/dpo" loss=dpo "${common[@]}"
 for loss in stepwise step_dpo; do
   mkdir -p "$out/$loss/stages" "$out/$loss/checkpoints"

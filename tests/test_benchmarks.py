@@ -14,7 +14,9 @@ import pytest
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
-RATIOS = {"sft_tokens_per_s", "dpo_pairs_per_s", "dpo_peak_memory", "eval_calls_per_s", "rollouts_per_s"}
+RATIOS = {"sft_tokens_per_s", "dpo_pairs_per_s", "dpo_peak_memory", "ref_logps_pairs_per_s", "sampling_samples_per_s",
+          "eval_calls_per_s", "rollouts_per_s"}
+COMPARISONS = ("sft", "dpo", "ref", "sampling", "eval", "rollouts")
 
 
 def _numbers(obj, path=""):
@@ -40,12 +42,13 @@ def quick(tmp_path_factory):
 
 def test_quick_run_writes_every_key_with_finite_positive_numbers(quick):
     result, stdout = quick
-    assert set(result) == {"machine", "ratios", "mfu", "pipeline_seconds", "raw"}
+    assert set(result) == {"machine", "model", "ratios", "mfu", "pipeline_seconds", "raw"}
+    assert result["model"] == "tiny"
     assert set(result["ratios"]) == RATIOS
     assert result["pipeline_seconds"] is None  # --quick never runs the pipeline
     assert {"cpu", "cores_total", "flags", "torch", "trl", "transformers", "matmul_peak_flops",
-            "training_precision"} <= set(result["machine"])
-    for key in ("sft", "dpo", "eval", "rollouts", "mfu", "settings", "targets", "command"):
+            "training_precision", "bf16_speedup"} <= set(result["machine"])
+    for key in (*COMPARISONS, "mfu", "settings", "targets", "command"):
         assert key in result["raw"], key
     headline = [("mfu", result["mfu"]), *((f"ratios.{k}", v) for k, v in result["ratios"].items()),
                 *_numbers(result["machine"]["matmul_peak_flops"], "machine.matmul_peak_flops")]
@@ -53,12 +56,15 @@ def test_quick_run_writes_every_key_with_finite_positive_numbers(quick):
         assert math.isfinite(value) and value > 0, (path, value)
     for path, value in _numbers(result):
         assert math.isfinite(value) and value >= 0, (path, value)
-    for comparison in ("sft", "dpo", "eval", "rollouts"):
+    for comparison in COMPARISONS:
         for side in ("ours", "baseline"):
             for run in result["raw"][comparison][side]["runs"]:
                 assert run["seconds"] > 0 and run["rate"] > 0 and run["peak_rss_mb"] > 0, (comparison, side, run)
     assert result["raw"]["sft"]["same_tokens_fraction"] == 1.0  # both trainers saw the same token sequences
     assert result["raw"]["dpo"]["same_tokens_fraction"] == 1.0
+    # the reference pass: ours (shared prompt) and TRL's precompute give the same log-probs, to bf16 rounding
+    assert result["raw"]["ref"]["ref_logps_within_2pct_fraction"] == 1.0
+    assert result["raw"]["settings"]["shared_prompt_dpo"] is True
     assert "met?" in stdout and "matmul peak" in stdout
 
 

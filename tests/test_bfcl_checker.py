@@ -213,15 +213,15 @@ def test_parallel_order_does_not_matter_and_counts_do(loaded, rows):
         swapped = calls[::-1]
         assert check_ast(it, swapped).passed, it.id
         assert check_strict(it, swapped, checker).passed == (it.id not in SCHEMA_CONTRADICTED)
-        _expect(it, calls[:-1], checker, "wrong_count", "other_schema_error")
-        _expect(it, calls + calls[:1], checker, "wrong_count")
+        _expect(it, calls[:-1], checker, "wrong_count", "missing_call")
+        _expect(it, calls + calls[:1], checker, "wrong_count", "extra_call")
 
 
 def test_single_call_categories_reject_extra_calls(loaded):
     items, checker = loaded
     for it in items["simple_python"] + items["multiple"]:
         calls = reference_calls(it)
-        _expect(it, calls * 2, checker, "wrong_count", "other_schema_error")
+        _expect(it, calls * 2, checker, "wrong_count", "extra_call")
 
 
 def test_undecodable_answer(loaded, rows):

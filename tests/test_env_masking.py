@@ -8,10 +8,10 @@ import pytest
 
 from agent_align.env.masking import IGNORE, encode_conversation, encode_preference, encode_sft_row
 from agent_align.errors import UserError
+from agent_align.models.templates import chat_template
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-BUILTIN = Path(__file__).resolve().parents[1] / "agent_align" / "models" / "chat_template.jinja"
 SPECIAL = ["<|im_start|>", "<|im_end|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>", "<|bos|>"]
 
 CONV = [
@@ -43,7 +43,7 @@ def make_tokenizer(template: str):
 
 @pytest.fixture(scope="module", params=["chatml", "builtin"])
 def tok(request):
-    return make_tokenizer(CHATML if request.param == "chatml" else BUILTIN.read_text())
+    return make_tokenizer(CHATML if request.param == "chatml" else chat_template("builtin"))
 
 
 def trained_text(tok, enc) -> str:

@@ -49,15 +49,15 @@ def test_compacting_decoder_matches_generate_and_drops_finished_rows(monkeypatch
 
 def test_compacting_is_skipped_when_the_generation_config_processes_logits():
     model = _model()
-    assert generation.plain_greedy(model)
+    assert generation.plain_decoding(model)
     model.generation_config.repetition_penalty = 1.3
-    assert not generation.plain_greedy(model)
+    assert not generation.plain_decoding(model)
     calls = []
-    orig = generation.greedy_compacting
+    orig = generation.decode_compacting
     try:
-        generation.greedy_compacting = lambda *a, **k: calls.append(1) or orig(*a, **k)
+        generation.decode_compacting = lambda *a, **k: calls.append(1) or orig(*a, **k)
         generation.generate_ids(model, SimpleNamespace(pad_token_id=0, eos_token_id=39), _prompts(3), max_new_tokens=4,
                                 desc=None)
     finally:
-        generation.greedy_compacting = orig
+        generation.decode_compacting = orig
     assert not calls  # transformers' generate applies the penalty instead

@@ -51,8 +51,9 @@ def test_rows_are_verified_and_cover_all_negative_types(cfg_factory, tmp_path, f
         assert r["tool"] in [t["function"]["name"] for t in r["tools"]]
         if fmt == "react":
             assert r["chosen"].startswith("Thought:") and "Action:\n```json" in r["chosen"]
+    assert 0.10 < sum("calls" in r for r in rows) / len(rows) < 0.20  # data.parallel_fraction 0.15
     ev = [json.loads(line) for line in open(res["eval_path"])]
-    assert len(ev) == 40 and {r["split"] for r in ev} == {"seen", "unseen"}
+    assert len(ev) == 45 and Counter(r["split"] for r in ev) == {"seen": 20, "unseen": 20, "parallel": 5}
     heldout = set(cfg.data.heldout_tools)
     assert all((r["tool"] in heldout) == (r["split"] == "unseen") for r in ev)
     assert not any(r["tool"] in heldout for r in rows)  # held-out tools never trained on
@@ -70,19 +71,21 @@ def test_same_seed_gives_byte_identical_files(cfg_factory, tmp_path):
 def test_negative_weights_and_distractors(cfg_factory):
     cfg = cfg_factory("data.n_train=200", "data.distractor_tools=0",
                       "data.negative_weights={type_mismatch: 0, enum_violation: 0, hallucinated_param: 0, "
-                      "missing_required: 0, wrong_tool: 0, json_error: 1, unstructured: 0}")
+                      "missing_required: 0, wrong_tool: 0, json_error: 1, unstructured: 0, missing_call: 0, "
+                      "extra_call: 0, swapped_args: 0}")
     gen = Generator(cfg.data, 0)
     rows = list(gen.rows("train", 50))
     assert {r["negative_type"] for r in rows} == {"json_error"}
-    assert all(len(r["tools"]) == 1 for r in rows)
+    assert any("calls" in r for r in rows)
+    assert all(len(r["tools"]) == len(set(r.get("calls", [r["tool"]]))) for r in rows)  # only the called tools
 
 
 def test_values_are_copied_into_requests(cfg_factory):
     gen = Generator(cfg_factory("data.n_train=10").data, 0)
     for i in range(100):
         for r in gen.make_rows("train", i):
-            call = json.loads(r["chosen"])
-            for v in call["parameters"].values():
+            calls = json.loads(r["chosen"])
+            for v in [v for c in (calls if isinstance(calls, list) else [calls]) for v in c["parameters"].values()]:
                 if isinstance(v, str) and len(v) > 3:
                     assert v in r["prompt"], (v, r["prompt"])
 

@@ -21,8 +21,9 @@ def test_mixture_draws_real_tool_positives_nat_negatives_and_procedural_syntheti
     from agent_align.data.generator import Generator, build_pools
     from agent_align.steps.mixture import real_tool_names, sft_rows
 
-    cfg = compose([f"run_dir={tmp_path}", "data.negatives=nat", "mixture.negative=0.25", "mixture.synthetic=0.25",
-                   "mixture.total=80"])  # positive null: the remaining half
+    tiny = ["data.procedural_tools=400", "data.rename_fraction=0", "data.parallel_fraction=0"]  # the tiny recipe's tools
+    cfg = compose([f"run_dir={tmp_path}", *tiny, "data.negatives=nat", "mixture.negative=0.25",
+                   "mixture.synthetic=0.25", "mixture.total=80"])  # positive null: the remaining half
     rows = list(Generator(cfg.data, 0).rows("train", 60))
     procedural = {t.name for t in build_pools(cfg.data, 0).procedural}
     real = real_tool_names(cfg)
@@ -39,10 +40,10 @@ def test_mixture_draws_real_tool_positives_nat_negatives_and_procedural_syntheti
             assert r["prompt"] == "[Correct] " + src["prompt"] and r["completion"] == src["chosen"]
             assert (src["tool"] in procedural) == (r["kind"] == "synthetic")
     assert out == sft_rows(rows, cfg)  # deterministic for the seed
-    weights = compose([f"run_dir={tmp_path}", "data.negatives=nat", "mixture.positive=2", "mixture.negative=1",
+    weights = compose([f"run_dir={tmp_path}", *tiny, "data.negatives=nat", "mixture.positive=2", "mixture.negative=1",
                        "mixture.synthetic=1", "mixture.total=80"])  # explicit weights, normalised
     assert Counter(r["kind"] for r in sft_rows(rows, weights)) == {"positive": 40, "negative": 20, "synthetic": 20}
-    assert {r["kind"] for r in sft_rows(rows, compose([f"run_dir={tmp_path}"]))} == {"positive"}  # no mixture
+    assert {r["kind"] for r in sft_rows(rows, compose([f"run_dir={tmp_path}", *tiny]))} == {"positive"}  # no mixture
 
 
 def test_mixture_mistakes_fail_naming_the_key_and_the_fix(tmp_path):
@@ -59,7 +60,8 @@ def test_mixture_mistakes_fail_naming_the_key_and_the_fix(tmp_path):
     with pytest.raises(UserError, match="mixture.synthetic.*data.procedural_tools"):
         check("mixture.synthetic=0.5", "data.procedural_tools=0")
     check("data.negatives=nat", "mixture.negative=0.0", "mixture.synthetic=0.0")  # all positive: a valid mix
-    cfg = compose([f"run_dir={tmp_path}", "data.procedural_fraction=1.0", "mixture.synthetic=0.5"])
+    cfg = compose([f"run_dir={tmp_path}", "data.procedural_tools=400", "data.procedural_fraction=1.0",
+                   "mixture.synthetic=0.5"])
     with pytest.raises(UserError, match=r"mixture.positive: .*\(share 0.50\), but every training request uses a procedural"):
         sft_rows(list(Generator(cfg.data, 0).rows("train", 10)), cfg)
 

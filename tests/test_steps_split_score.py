@@ -90,7 +90,8 @@ def test_verifier_scores_generated_rows_step_by_step():
 
     from agent_align.data.generator import Generator
 
-    cfg = compose(["data.format=react"])
+    # single-call rows: the step verifier reads one call per step, so it does not score parallel answers yet
+    cfg = compose(["data.format=react", "data.parallel_fraction=0"])
     rows = list(Generator(cfg.data, 0).rows("train", 60))
     score_rows(rows, verifier(), "auto", default="react")
     assert all(r["chosen_scores"] == [1.0, 1.0] for r in rows)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from agent_align.stages.context import RunContext
+from agent_align.validation.categories import CATEGORIES
 from tests.conftest import MICRO, REPO, compose, run_cli
 
 pytestmark = pytest.mark.slow
@@ -97,8 +98,9 @@ def test_pipeline_writes_summary_report_plots_and_wandb_run(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     for label in ("baseline", "aligned"):
         m = summary["models"][label]
-        assert {"n", "passed", "sspr", "failures", "by_split"} <= set(m) and set(m["by_split"]) == {"seen", "unseen"}
-        assert m["n"] == 16 and len(m["failures"]) == 7
+        assert {"n", "passed", "sspr", "failures", "by_split"} <= set(m)
+        assert set(m["by_split"]) == {"seen", "unseen", "parallel"}  # parallel: round(0.125 * n_eval) prompts
+        assert m["n"] == 18 and m["by_split"]["parallel"]["n"] == 2 and len(m["failures"]) == len(CATEGORIES)
     assert {"generate", "sft", "evaluate_baseline", "dpo", "evaluate_aligned"} <= set(summary["timings"])
     assert all(v > 0 for v in summary["peak_memory_mb"].values())
     report = (tmp_path / "report.md").read_text()

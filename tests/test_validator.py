@@ -85,14 +85,21 @@ def test_react_without_action_block_is_json_error():
     assert v.category == "json_error" and "Action" in v.detail
 
 
-@pytest.mark.parametrize("high,low", [(a, b) for a, b in itertools.combinations(CATEGORIES[1:], 2)])
+SINGLE = [c for c in CATEGORIES if c in MUTATIONS]  # missing_call/extra_call: tests/test_parallel.py
+
+
+def test_mutations_cover_every_single_call_category():
+    assert set(CATEGORIES) - set(SINGLE) == {"json_error", "missing_call", "extra_call"}
+
+
+@pytest.mark.parametrize("high,low", [(a, b) for a, b in itertools.combinations(SINGLE, 2)])
 def test_precedence_pairs(high, low):
     assert PRECEDENCE[high] < PRECEDENCE[low]
     v = validate_output(mutated(high, low), SCHEMA)
     assert v.category == high, (high, low, v)
 
 
-@pytest.mark.parametrize("low", CATEGORIES[1:])
+@pytest.mark.parametrize("low", SINGLE)
 def test_json_error_beats_everything(low):
     broken = mutated(low)[:-1]  # drop the closing brace
     assert validate_output(broken, SCHEMA).category == "json_error"

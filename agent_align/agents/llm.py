@@ -19,6 +19,7 @@ class HFBackend:
     """A local causal LM; one ``generate`` call per step advances every episode (sorted by length, batched)."""
 
     def __init__(self, cfg, model_path: str | None, *, temperature: float, max_new_tokens: int, seed: int = 0):
+        from agent_align.generation import call_stop
         from agent_align.hardware import resolve_precision
         from agent_align.models import load_model_and_tokenizer
 
@@ -27,7 +28,8 @@ class HFBackend:
         self.max_new_tokens = max_new_tokens
         self.max_prompt = cfg.model.max_length - max_new_tokens
         self.kw = dict(max_new_tokens=max_new_tokens, batch_size=a.batch_size, do_sample=temperature > 0,
-                       temperature=temperature or 1.0, top_p=a.top_p, bf16=resolve_precision(cfg.hardware) == "bf16")
+                       temperature=temperature or 1.0, top_p=a.top_p, bf16=resolve_precision(cfg.hardware) == "bf16",
+                       stop_at_call=call_stop(cfg))
         self.seed, self.calls = seed, 0
 
     def complete(self, chats: list[dict]) -> list[str | None]:

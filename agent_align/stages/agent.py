@@ -19,14 +19,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from tqdm import tqdm
-
 from agent_align.env.config import expert_mode
 from agent_align.env.environment import STEP_CATEGORIES, OrgEnv
 from agent_align.env.preferences import sft_rows, sft_step_rows, step_pairs, trajectory_pairs
 from agent_align.env.tasks import select_split
 from agent_align.errors import config_error, file_error
 from agent_align.jsonl import write_json, write_jsonl
+from agent_align.progress import Progress
 from agent_align.stages.context import RunContext
 
 log = logging.getLogger(__name__)
@@ -112,8 +111,7 @@ def run(cfg, ctx: RunContext) -> dict:
             agent = build_agent(cfg, ctx) if mode != "ground_truth" else None  # the expert does every step
             expert = build_expert(cfg, ctx) if mode is not None else None
             runner = Runner(org, agent, expert, build_judge(cfg, ctx), a, fmt=cfg.data.format, seed=cfg.seed)
-            with tqdm(total=len(todo), desc=f"episodes ({a.backend}, expert {mode})", unit="episode",
-                      disable=None, mininterval=1.0) as bar:
+            with Progress(len(todo), f"episodes ({a.backend}, expert {mode})", unit="episode") as bar:
                 for rec in runner.run(todo):
                     if ctx.is_main:  # written as each episode ends: an interrupted run resumes from here
                         write_json(ctx.path("trajectories", f"{rec['sample_id']}.json"), rec)

@@ -37,14 +37,41 @@ def finished(cfg, ctx: RunContext, name: str) -> dict | None:
 
     p = ctx.path("stages", f"{name}.json")
     if cfg.resume == "auto" and p.exists():
+        try:
+            saved = json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, OSError):  # unreadable marker: the stage runs again
+            return None
         logging.getLogger(__name__).info("%s already finished in %s; skipping it (resume=never redoes it)",
                                          name, ctx.run_dir)
-        return json.loads(p.read_text())
+        return saved
     return None
 
 
-def mark_finished(ctx: RunContext, name: str, result: dict) -> None:
+def incomplete_outputs(paths) -> list[str]:
+    """The paths among ``paths`` that are missing or empty."""
+    return [str(p) for p in paths if not Path(p).is_file() or Path(p).stat().st_size == 0]
+
+
+def checkpoint_files(path) -> list[Path]:
+    """What a saved checkpoint must hold: its config (a full model's, or a PEFT adapter's)."""
+    path = Path(path)
+    adapter = path / "adapter_config.json"
+    return [adapter if adapter.exists() else path / "config.json"]
+
+
+def mark_finished(ctx: RunContext, name: str, result: dict, outputs=()) -> None:
+    """Record that stage ``name`` finished, so a resumed run skips it. Refused (UserError) when one
+    of its ``outputs`` is missing or empty: a resumed run would otherwise skip a stage whose work
+    is not there."""
+    from agent_align.errors import UserError
     from agent_align.jsonl import write_json
 
+    bad = incomplete_outputs(outputs) if ctx.is_main else []  # only the main rank writes outputs
+    if bad:
+        for p in bad:  # an empty output is no result: leave nothing a later run could mistake for one
+            if Path(p).is_file():
+                Path(p).unlink()
+        raise UserError(f"stage {name} produced no output in {', '.join(bad)}; not marking it finished "
+                        "(check the stage's settings, e.g. data.n_train, data.tools)")
     if ctx.is_main:
         write_json(ctx.path("stages", f"{name}.json"), result)

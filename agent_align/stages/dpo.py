@@ -24,11 +24,12 @@ from pathlib import Path
 from agent_align.env.masking import MASKED_LOSSES
 from agent_align.errors import UserError, config_error, file_error
 from agent_align.jsonl import read_jsonl, write_jsonl
-from agent_align.stages.context import RunContext, finished, mark_finished
+from agent_align.stages.context import RunContext, checkpoint_files, finished, mark_finished
 from agent_align.stages.generate import data_paths
 from agent_align.train.common import log_history_rows, resume_point, save_final, trainer_kwargs, wrap_peft
 from agent_align.train.dpo import TRAINERS, masked_preference_dataset
 from agent_align.train.encode import chat_of, system_prompt
+from agent_align.train.shared_prompt import with_shared_prompt
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,8 @@ def train_round(cfg, ctx: RunContext, model, tok, dataset, round_idx: int):
     trainer_cls = TRAINERS.get(cfg.loss.name)
     out = ctx.path("checkpoints", f"dpo-trainer-r{round_idx}")
     hw = cfg.hardware
+    if hw.shared_prompt_dpo:  # each pair's prompt through the model once (agent_align.train.shared_prompt)
+        trainer_cls = with_shared_prompt(trainer_cls)
     args = DPOConfig(**trainer_kwargs(cfg, cfg.dpo, out, hw.dpo_batch_size, hw.dpo_grad_accum,
                                       f"{cfg.experiment_name}-dpo-r{round_idx}"),
                      beta=cfg.loss.beta, loss_type=list(cfg.loss.loss_type),
@@ -187,5 +190,5 @@ def run(cfg, ctx: RunContext) -> dict:
     result = {"checkpoint": str(dest), "rounds": rounds, "loss": cfg.loss.name,
               "final_reward_margin": margins[-1] if margins else None,
               "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None)}
-    mark_finished(ctx, "dpo", result)
+    mark_finished(ctx, "dpo", result, outputs=checkpoint_files(dest))
     return result

@@ -1,5 +1,6 @@
 """stage=evaluate: batched greedy generation, then the validator: SSPR and the failure breakdown
-overall, per tool, per seen/unseen split, and on optional robustness sets.
+overall, per tool, per split (seen, unseen, and parallel: requests needing several calls), and on
+optional robustness sets.
 
     python -m agent_align stage=evaluate evaluate.model_path=runs/x/checkpoints/dpo evaluate.robustness=[typos,reorder]
 
@@ -12,7 +13,7 @@ import logging
 from collections import defaultdict
 
 from agent_align.data.robustness import perturb
-from agent_align.generation import generate_ids
+from agent_align.generation import call_stop, generate_ids
 from agent_align.hardware import resolve_precision
 from agent_align.jsonl import read_jsonl, write_json, write_jsonl
 from agent_align.stages.context import RunContext
@@ -31,9 +32,16 @@ def predict(cfg, model, tok, enc, rows: list[dict], desc: str) -> list[str]:
         rows = with_positive_tag(rows, cfg)
     ids = [enc.prompt_ids(chat_of(r, system)) for r in rows]
     batch = cfg.evaluate.batch_size or cfg.hardware.eval_batch_size
-    out = generate_ids(model, tok, ids, max_new_tokens=cfg.evaluate.max_new_tokens, batch_size=batch,
-                       bf16=resolve_precision(cfg.hardware) == "bf16", desc=desc)
-    return [tok.decode(seqs[0], skip_special_tokens=True) for seqs in out]
+    # a request needing n calls (parallel rows list them in "calls") gets n times one call's token budget
+    budgets = [cfg.evaluate.max_new_tokens * len(r.get("calls") or [None]) for r in rows]
+    texts: list = [None] * len(rows)
+    for budget in sorted(set(budgets)):
+        idx = [i for i, b in enumerate(budgets) if b == budget]
+        out = generate_ids(model, tok, [ids[i] for i in idx], max_new_tokens=budget, batch_size=batch,
+                           bf16=resolve_precision(cfg.hardware) == "bf16", desc=desc, stop_at_call=call_stop(cfg))
+        for i, seqs in zip(idx, out):
+            texts[i] = tok.decode(seqs[0], skip_special_tokens=True)
+    return texts
 
 
 def score(cfg, rows: list[dict], outputs: list[str]) -> tuple[dict, list]:
@@ -43,7 +51,8 @@ def score(cfg, rows: list[dict], outputs: list[str]) -> tuple[dict, list]:
     groups: dict[str, dict[str, list]] = {"by_split": defaultdict(list), "by_tool": defaultdict(list)}
     for r, v in zip(rows, verdicts):
         groups["by_split"][r.get("split", "seen")].append(v)
-        groups["by_tool"][r.get("tool", "?")].append(v)
+        if not r.get("calls"):  # rows needing several calls count in by_split.parallel, not per tool
+            groups["by_tool"][r.get("tool", "?")].append(v)
     for key, g in groups.items():
         summary[key] = {name: summarize(vs) for name, vs in sorted(g.items())}
     return summary, verdicts
@@ -72,16 +81,12 @@ def evaluate_model(cfg, ctx: RunContext, model, tok, enc, label: str) -> dict:
 
 
 def run(cfg, ctx: RunContext) -> dict:
-    if cfg.data.name == "bfcl":
-        from agent_align.bfcl.stages import evaluate_bfcl
-        from agent_align.generation import generate
+    if cfg.data.name == "bfcl":  # the model's training system prompt added, as in every evaluation
+        from agent_align.bfcl.stages import evaluate_stage, model_generate
         from agent_align.stages.sft import policy
 
         model, tok, _ = policy(cfg, ctx, cfg.evaluate.model_path, for_training=False)
-        batch = cfg.evaluate.batch_size or cfg.hardware.eval_batch_size
-        bf16 = resolve_precision(cfg.hardware) == "bf16"
-        return evaluate_bfcl(cfg, ctx, lambda items: generate(model, tok, items, max_new_tokens=cfg.evaluate.max_new_tokens,
-                                                              batch_size=batch, bf16=bf16, desc="bfcl"))
+        return evaluate_stage(cfg, ctx, model_generate(cfg, model, tok, "bfcl"))
     from agent_align.stages.sft import policy
 
     model, tok, enc = policy(cfg, ctx, cfg.evaluate.model_path, for_training=False)

@@ -2,7 +2,9 @@
 
     python -m agent_align stage=generate data.n_train=2000 data.format=react
 
-Writes data/train.jsonl and data/eval.jsonl in the run directory (byte-identical for a seed).
+Writes data/train.jsonl and data/eval.jsonl in the run directory (byte-identical for a seed). The eval
+file holds n_eval single-call prompts (split seen/unseen), then round(data.parallel_eval_share * n_eval)
+prompts that need several calls (split parallel).
 """
 
 from __future__ import annotations
@@ -10,13 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
+from itertools import chain
 
 from tqdm import tqdm
 
 from agent_align.data.generator import Generator
 from agent_align.jsonl import write_jsonl
-from agent_align.stages.context import RunContext, finished, mark_finished
+from agent_align.stages.context import RunContext, finished, incomplete_outputs, mark_finished
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ def wait_for_rank0(ctx: RunContext, name: str, timeout: float = 3600.0) -> dict:
 def run(cfg, ctx: RunContext) -> dict:
     train_path, eval_path = data_paths(cfg, ctx)
     done = finished(cfg, ctx, "generate")
-    if done and Path(train_path).exists() and Path(eval_path).exists():
+    if done and not incomplete_outputs([train_path, eval_path]):
         return done
     if not ctx.is_main:  # data is generated once, by rank 0; the other ranks wait for its marker file
         return wait_for_rank0(ctx, "generate")
@@ -48,7 +50,9 @@ def run(cfg, ctx: RunContext) -> dict:
     gen = Generator(cfg.data, cfg.seed)
     bar = dict(unit="prompt", disable=None, mininterval=1.0)
     n_train = write_jsonl(train_path, tqdm(gen.rows("train", cfg.data.n_train), desc="train pairs", **bar))
-    n_eval = write_jsonl(eval_path, tqdm(gen.rows("eval", cfg.data.n_eval), desc="eval prompts", **bar))
+    n_parallel = round(cfg.data.parallel_eval_share * cfg.data.n_eval)  # the `parallel` split, after seen/unseen
+    n_eval = write_jsonl(eval_path, tqdm(chain(gen.rows("eval", cfg.data.n_eval), gen.rows("parallel", n_parallel)),
+                                         desc="eval prompts", **bar))
     seconds = time.perf_counter() - start
     stats = dict(sorted(gen.stats.items()))
     dropped = {k: v for k, v in stats.items() if k.startswith("dropped")}
@@ -59,5 +63,5 @@ def run(cfg, ctx: RunContext) -> dict:
             "stats": stats, "seconds": seconds, "tools": {"seen": [t.name for t in gen.pools.seen],
                                                           "unseen": [t.name for t in gen.pools.unseen],
                                                           "procedural": len(gen.pools.procedural)}}
-    mark_finished(ctx, "generate", result)
+    mark_finished(ctx, "generate", result, outputs=[train_path, eval_path])
     return result

@@ -12,7 +12,7 @@ import logging
 
 from agent_align.errors import file_error
 from agent_align.jsonl import read_jsonl, write_jsonl
-from agent_align.stages.context import RunContext, finished, mark_finished
+from agent_align.stages.context import RunContext, checkpoint_files, finished, mark_finished
 from agent_align.stages.generate import data_paths
 from agent_align.train.common import log_history_rows, resume_point, save_final, trainer_kwargs, wrap_peft
 from agent_align.train.encode import Encoder, chat_of, system_prompt, unique_prompts
@@ -107,5 +107,5 @@ def run(cfg, ctx: RunContext) -> dict:
     n_tokens = sum(len(e["input_ids"]) for e in examples)
     result = {"checkpoint": str(dest), "examples": len(examples), "tokens_per_epoch": n_tokens,
               "steps": trainer.state.global_step, "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None)}
-    mark_finished(ctx, "sft", result)
+    mark_finished(ctx, "sft", result, outputs=checkpoint_files(dest))
     return result

@@ -8,7 +8,6 @@ generator can produce, and the tools failing most often, become ``targeted_negat
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +16,8 @@ from agent_align.validation.categories import CATEGORIES
 # Validator category -> generator negative types that produce it (other_schema_error has none).
 CATEGORY_NEGATIVES = {"json_error": ["json_error", "unstructured"], "wrong_tool": ["wrong_tool"],
                       "missing_required": ["missing_required"], "hallucinated_param": ["hallucinated_param"],
-                      "type_mismatch": ["type_mismatch"], "enum_violation": ["enum_violation"]}
+                      "type_mismatch": ["type_mismatch"], "enum_violation": ["enum_violation"],
+                      "missing_call": ["missing_call"], "extra_call": ["extra_call"]}
 STEP_CATEGORY_KEYS = ("category", "reward_category", "step_category")
 
 
@@ -73,12 +73,12 @@ def load_trajectories(path: str) -> list[dict]:
     files = sorted(p.glob("*.json")) if p.is_dir() else [p]
     out = []
     for f in files:
-        if f.suffix == ".jsonl":
-            from agent_align.jsonl import read_jsonl
+        from agent_align.jsonl import read_json_or_yaml, read_jsonl
 
+        if f.suffix == ".jsonl":
             out.extend(read_jsonl(f, "analyze.trajectories"))
         else:
-            data = json.loads(f.read_text(encoding="utf-8"))
+            data = read_json_or_yaml(f, "analyze.trajectories")
             out.extend(data if isinstance(data, list) else [data])
     return out
 

@@ -43,6 +43,7 @@ def sample_continuations(cfg, model, tok, enc, rows: list[dict], scorer, n: int,
     """Attach verified on-policy continuations to ``rows`` (preference rows with ``rejected_scores``),
     in place. Returns counts: cuts, continuations_per_cut, sampled, no_step_at_cut (ran on inside the
     prefix, or empty), correct (distinct continuations verified correct) and rows_with_continuation."""
+    from agent_align.call_end import CALL_ENDS
     from agent_align.generation import generate_ids
     from agent_align.hardware import resolve_precision
     from agent_align.steps.nat import with_positive_tag
@@ -60,9 +61,12 @@ def sample_continuations(cfg, model, tok, enc, rows: list[dict], scorer, n: int,
     ids = [enc.prompt_ids(chat_of(t, system)) + (tok(c.prefix, add_special_tokens=False)["input_ids"] if c.prefix else [])
            for t, (_, c) in zip(tagged, cuts)]
     batch = max(1, (cfg.evaluate.batch_size or cfg.hardware.eval_batch_size) // n)
+    # a continuation ends once prefix + continuation holds the complete call (call formats only)
+    stops = [c.fmt if cfg.evaluate.stop_at_call_end and c.fmt in CALL_ENDS else None for _, c in cuts]
     out = generate_ids(model, tok, ids, max_new_tokens=cfg.sample.max_new_tokens, batch_size=batch, do_sample=True,
                        temperature=cfg.sample.temperature, top_p=cfg.sample.top_p, num_return_sequences=n,
-                       bf16=resolve_precision(cfg.hardware) == "bf16", desc=desc, seed=seed)
+                       bf16=resolve_precision(cfg.hardware) == "bf16", desc=desc, seed=seed, stop_at_call=stops,
+                       text_before=[c.prefix for _, c in cuts])
     items, where = [], []
     for (row, cut), seqs in zip(cuts, out):
         seen = set()

@@ -10,7 +10,6 @@ multipliers as weights (1 for tools not listed).
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -36,10 +35,9 @@ def load_targeted(path: str) -> Targeted:
     key = "data.targeted_negatives"
     if not p.exists():
         raise file_error(p, None, "file not found", f"set {key}=PATH to a targeted_negatives.json from stage=analyze")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise file_error(p, getattr(exc, "lineno", None), f"malformed JSON ({exc})") from None
+    from agent_align.jsonl import read_json_or_yaml
+
+    data = read_json_or_yaml(p, key)  # UTF-8, depth and syntax checked, errors name file:line
     if not isinstance(data, dict) or not ({"negative_types", "tools"} & set(data)):
         raise file_error(p, None, "expected {\"negative_types\": {...}, \"tools\": {...}}", "write it with stage=analyze")
     from agent_align.data.negatives import NEGATIVES

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -39,6 +40,7 @@ class Tool:
     templates: list[str] = field(default_factory=list)  # request phrasings; empty -> generic ones
     optional_phrases: dict[str, str] = field(default_factory=dict)
     origin: str = "builtin"  # builtin | file | procedural | bfcl
+    where: str = ""  # file:line of the definition, for error messages
 
     def openai(self) -> dict:
         return {"type": "function", "function": {"name": self.name, "description": self.description,
@@ -91,24 +93,61 @@ def _from_definition(defn: Any, where: str, origin: str) -> Tool:
     return Tool(name=name, description=str(fn.get("description", "")), parameters=params, origin=origin)
 
 
+_NAME_LINE = re.compile(r"""["']?name["']?[ \t]*:[ \t]*["']?([A-Za-z_][A-Za-z0-9_.-]*)""")
+
+
+def _name_lines(path: str | Path) -> dict[str, list[int]]:
+    """Line numbers of each ``name: X`` in a tools file, in order (JSON, JSONL and YAML alike):
+    the parsers keep no positions, and errors must name file:line."""
+    from agent_align.jsonl import read_text
+
+    lines: dict[str, list[int]] = {}
+    text = read_text(path)
+    for m in _NAME_LINE.finditer(text):
+        lines.setdefault(m.group(1), []).append(text.count("\n", 0, m.start()) + 1)
+    return lines
+
+
 def load_tools_file(path: str | Path, key: str = "data.tools_file") -> list[Tool]:
     """Tools from a JSON/JSONL/YAML file: a list of definitions, or ``{"tools": [...]}``.
-    BFCL function files (JSONL rows with a ``function`` list) work too."""
+    BFCL function files (JSONL rows with a ``function`` list) work too. A name defined twice is an
+    error naming file:line, except in BFCL question files, which repeat functions across questions."""
     data = read_json_or_yaml(path, key)
     if isinstance(data, dict) and "tools" in data:
         data = data["tools"]
-    if isinstance(data, list) and data and all(isinstance(r, dict) and isinstance(r.get("function"), list) for r in data):
+    bfcl_rows = (isinstance(data, list) and data
+                 and all(isinstance(r, dict) and isinstance(r.get("function"), list) for r in data))
+    if bfcl_rows:
         data = [fn for r in data for fn in r["function"]]  # BFCL question rows
     if not isinstance(data, list) or not data:
         raise file_error(path, None, "expected a non-empty list of tool definitions", f"see README, {key}")
-    tools, seen = [], set()
+    positions = _name_lines(path)
+    tools: list[Tool] = []
+    seen: dict[str, tuple[Tool, Any]] = {}
+    occurrences: Counter = Counter()
     for i, defn in enumerate(data):
-        tool = _from_definition(defn, f"{path}: tool #{i}", "file")
+        name = _defn_name(defn)
+        found = positions.get(name, []) if isinstance(name, str) else []
+        nth = occurrences[name] if isinstance(name, str) else 0
+        occurrences[name if isinstance(name, str) else None] += 1
+        line = found[nth] if nth < len(found) else None
+        where = f"{path}:{line}" if line else f"{path}: tool #{i}"
+        tool = _from_definition(defn, where, "file")
+        tool.where = where
         if tool.name in seen:
-            continue  # BFCL files repeat functions across questions
-        seen.add(tool.name)
+            first, _ = seen[tool.name]
+            if bfcl_rows:
+                continue  # BFCL question files repeat names across questions (even with other descriptions)
+            raise UserError(f"{where}: tool '{tool.name}' is defined twice (first at {first.where}); "
+                            "tool names must be unique in a tools file")
+        seen[tool.name] = (tool, defn)
         tools.append(tool)
     return tools
+
+
+def _defn_name(defn: Any) -> Any:
+    fn = defn.get("function", defn) if isinstance(defn, dict) else None
+    return fn.get("name") if isinstance(fn, dict) else None
 
 
 @lru_cache(maxsize=1)

@@ -3,6 +3,10 @@
 Negatives the model never produces teach it little (measured: offline synthetic pairs moved a
 from-scratch model's SSPR by ~0). Sampling the SFT model and keeping what the validator rejects
 targets exactly the mistakes it makes.
+
+Samples come from the compacting decoder (``generation.decode_compacting``): finished rows leave the batch,
+and with ``evaluate.stop_at_call_end`` a row ends right after its complete call; a sample that would go on
+past its call keeps the first token past it, which is what makes the validator reject it (call_end.py).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import logging
 import random
 from collections import Counter
 
-from agent_align.generation import generate_ids
+from agent_align.generation import call_stop, generate_ids
 from agent_align.hardware import resolve_precision
 from agent_align.train.encode import chat_of, system_prompt, unique_prompts
 from agent_align.validation.validator import SchemaChecker, validate_output
@@ -31,7 +35,8 @@ def sample_negatives(cfg, model, tok, enc, rows: list[dict], round_idx: int) -> 
     samples = generate_ids(model, tok, ids, max_new_tokens=cfg.evaluate.max_new_tokens, batch_size=batch,
                            do_sample=True, temperature=cfg.dpo.temperature, top_p=cfg.dpo.top_p,
                            num_return_sequences=k, bf16=resolve_precision(cfg.hardware) == "bf16",
-                           desc=f"on-policy samples (round {round_idx})", seed=cfg.seed + round_idx)
+                           desc=f"on-policy samples (round {round_idx})", seed=cfg.seed + round_idx,
+                           stop_at_call=call_stop(cfg))
     checker = SchemaChecker()
     pairs, cats = [], Counter()
     n_samples = n_pass = 0

@@ -2,7 +2,9 @@
 
 CATEGORIES = (
     "json_error",  # nothing parses, or the value is not an object (``unstructured`` lands here)
-    "wrong_tool",  # a ``const`` on the tool name fails
+    "wrong_tool",  # a ``const`` on the tool name fails; in a parallel answer, a call in place of an expected one
+    "missing_call",  # a parallel answer with fewer calls than the request needs (agent_align/validation/parallel.py)
+    "extra_call",  # a parallel answer with more calls than it needs; on BFCL irrelevance, any call
     "missing_required",
     "hallucinated_param",  # additionalProperties
     "type_mismatch",

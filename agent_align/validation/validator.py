@@ -9,10 +9,13 @@ from typing import Any, Iterable
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from referencing import Registry
+from referencing.exceptions import NoSuchResource, Unresolvable
 
 from agent_align.validation.categories import CATEGORIES, PRECEDENCE, keyword_category
 from agent_align.validation.compiled import Unsupported, compile_schema
 from agent_align.validation.extract import extract_call
+from agent_align.validation.parallel import check_calls, expected_calls
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,33 @@ class Verdict:
 
     def as_row(self, row_id: Any = None) -> dict:
         return {"id": row_id, "passed": self.passed, "category": self.category, "detail": self.detail}
+
+
+def _refuse_retrieval(uri: str):
+    raise NoSuchResource(ref=uri)
+
+
+# Schemas come from downloaded datasets: a $ref is followed only inside its own schema. Without this
+# registry jsonschema would open file:// and http:// URIs.
+NO_RETRIEVAL = Registry(retrieve=_refuse_retrieval)
+REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
+_VALUE_KEYWORDS = ("enum", "const", "default", "examples")  # instance data, not subschemas
+
+
+def remote_ref(schema: Any) -> str:
+    """The first ``$ref`` that points outside ``schema`` (anything not starting with '#'), or ''."""
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if key in REF_KEYWORDS and isinstance(value, str) and not value.startswith("#"):
+                    return value
+                if key not in _VALUE_KEYWORDS:
+                    stack.append(value)
+    return ""
 
 
 def _fmt_path(path: tuple) -> str:
@@ -48,7 +78,7 @@ class SchemaChecker:
             try:
                 hit = ("compiled", compile_schema(obj))
             except Unsupported:
-                hit = ("jsonschema", Draft202012Validator(obj))
+                hit = ("jsonschema", Draft202012Validator(obj, registry=NO_RETRIEVAL))
             self._cache[key] = hit
         if not isinstance(schema, str):
             if len(self._by_id) > 100_000:  # bounded: it keeps the schema objects alive
@@ -66,10 +96,16 @@ class SchemaChecker:
             rank, path, msg = min(errors, key=lambda e: e[0])
             return Verdict(False, CATEGORIES[rank], f"{_fmt_path(path)}: {msg}")
         best = None
-        for err in impl.iter_errors(obj):
-            cat = keyword_category(str(err.validator), tuple(err.absolute_path))
-            if best is None or PRECEDENCE[cat] < PRECEDENCE[best[0]]:
-                best = (cat, f"{_fmt_path(tuple(err.absolute_path))}: {err.message}")
+        try:
+            for err in impl.iter_errors(obj):
+                cat = keyword_category(str(err.validator), tuple(err.absolute_path))
+                if best is None or PRECEDENCE[cat] < PRECEDENCE[best[0]]:
+                    best = (cat, f"{_fmt_path(tuple(err.absolute_path))}: {err.message}")
+        except Unresolvable as exc:
+            return Verdict(False, "other_schema_error", f"schema $ref {exc.ref!r} cannot be resolved "
+                                                        "(only refs inside the schema, '#/...', are followed)")
+        except RecursionError:  # a $ref cycle that the instance keeps following
+            return Verdict(False, "other_schema_error", "schema $refs recurse without end on this output")
         return Verdict(True, None) if best is None else Verdict(False, best[0], best[1])
 
 
@@ -82,13 +118,21 @@ def is_valid_schema(schema: Any) -> str:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         return exc.message
+    except RecursionError:
+        return "schema nested too deeply"
+    ref = remote_ref(schema)
+    if ref:
+        return f"$ref {ref!r} points outside the schema; only '#/...' refs are allowed (nothing is fetched)"
     return ""
 
 
 def validate_output(output: str, schema: Any, fmt: str = "json", checker: SchemaChecker | None = None) -> Verdict:
-    obj, why = extract_call(output, fmt)
+    expected = expected_calls(schema)  # None for a single-call schema: that path is unchanged
+    obj, why = extract_call(output, fmt, allow_list=expected is not None)
     if obj is None:
         return Verdict(False, "json_error", why)
+    if expected is not None:
+        return check_calls(obj, expected, checker or _DEFAULT)
     return (checker or _DEFAULT).check(obj, schema)
 
 

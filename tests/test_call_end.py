@@ -1,0 +1,278 @@
+"""Stopping once the call is complete: the per-token machines on crafted streams, the cut text's verdict
+against the whole text's, and the decoder ending (and dropping) rows where the machine says."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from agent_align import generation
+from agent_align.call_end import call_end
+from agent_align.validation.extract import _ACTION_FENCE
+from agent_align.validation.validator import validate_output
+
+
+def chunkings(text: str, seed: int = 0):
+    """The text fed whole, a character at a time, and in random token-sized pieces."""
+    yield [text]
+    yield list(text)
+    rng = random.Random(seed)
+    for _ in range(3):
+        pieces, i = [], 0
+        while i < len(text):
+            j = i + rng.randint(1, 6)
+            pieces.append(text[i:j])
+            i = j
+        yield pieces
+
+
+def cut(fmt: str, pieces: list[str], before: str = "") -> str | None:
+    """The text up to and including the piece the machine stops on, or None when it never stops."""
+    m = call_end(fmt, before)
+    seen = ""
+    for p in pieces:
+        seen += p
+        if m is not None and m.feed(p):
+            return seen
+    return None
+
+
+def through_piece(pieces: list[str], expected: str | None) -> str | None:
+    """A row stops on the token that holds the stopping character, with all of that token."""
+    if expected is None:
+        return None
+    seen = ""
+    for p in pieces:
+        seen += p
+        if len(seen) >= len(expected):
+            return seen
+
+
+JSON_CASES = [  # (text, where the row stops: the text up to the stopping character, or None)
+    ('{"tool": "f", "parameters": {"s": "a}b"}}', None),  # complete, then end of turn: nothing to cut
+    ('{"a": "}"}\nextra text', '{"a": "}"}\ne'),
+    ('{"a": "x\\"}"}  tail', '{"a": "x\\"}"}  t'),  # an escaped quote does not end the string
+    ('{"a": "\\\\"} x', '{"a": "\\\\"} x'),  # an escaped backslash does not escape the quote
+    ('{"a": {"b": [1, {"c": "]"}]}, "d": 3}x', '{"a": {"b": [1, {"c": "]"}]}, "d": 3}x'),
+    ('[{"tool": "f"}, {"tool": "g"}] and more', '[{"tool": "f"}, {"tool": "g"}] a'),
+    ('  \n {"a": 1} \u3000\n', None),  # whitespace either side, as the validator strips it
+    ('```json\n{"a": "```"}\n```\nThis calls f', '```json\n{"a": "```"}\n```\nT'),
+    ('```\n[{"a": 1}]```!', '```\n[{"a": 1}]```!'),
+    ('```json\n{"a": 1} oops\n```', None),  # text between the value and the fence
+    ('```json x\n{"a": 1}\n```\nmore', None),  # not a whole-answer fence as extract.py reads one
+    ('Sure: {"a": 1} done', None),  # prose first
+    ('{"a": [1}, "b": 2} more', None),  # mismatched brackets
+    ('"just a string" more', None),
+    ("[f(a='x]'), g(b=\"y\")] and then", "[f(a='x]'), g(b=\"y\")] a"),  # BFCL's Python call syntax
+    ("[f(a='it\\'s ]')]\n", None),
+]
+
+REACT_CASES = [
+    ('Thought: use f.\nAction:\n```json\n{"tool": "f"}\n```\nObservation: 4', 'Thought: use f.\nAction:\n```json\n{"tool": "f"}\n```'),
+    ('Action: later. Action:\n```json\n{"a": "``"}```x', 'Action: later. Action:\n```json\n{"a": "``"}```'),
+    ('Action: ```Action:\n```json\n{}\n```', 'Action: ```Action:\n```json\n{}\n```'),  # the regex retries inside the failed lang
+    ('AAction:```py \t\n{}```', 'AAction:```py \t\n{}```'),
+    ('Action:```json x\n{}```', None),
+    ('Thought: no action\n```json\n{}\n```', None),
+    ('Action: ````json\n{}```', None),
+]
+
+
+@pytest.mark.parametrize("text,expected", JSON_CASES)
+def test_json_call_end_on_crafted_streams(text, expected):
+    for pieces in chunkings(text):
+        assert cut("json", pieces) == through_piece(pieces, expected)
+
+
+@pytest.mark.parametrize("text,expected", REACT_CASES)
+def test_react_call_end_on_crafted_streams(text, expected):
+    m = _ACTION_FENCE.search(text)
+    assert (text[:m.end()] if m else None) == expected  # the case means what it says
+    for pieces in chunkings(text):
+        assert cut("react", pieces) == through_piece(pieces, expected)
+
+
+def test_react_machine_finds_what_the_extractor_regex_finds():
+    """Random near-misses of an Action block: the machine stops on the character that completes the first
+    ``_ACTION_FENCE`` match, never earlier, and never stops where the regex finds nothing."""
+    rng = random.Random(0)
+    parts = ["Thought: x. ", "Action:", rng.choice([" ", "\n", ""]), "```", "json", " ", "\n", '{"a": "`"}', "\n", "```", "\nmore"]
+    noise = ["Action:", "A", ":", " ", "\t", "\n", "`", "``", "x", "-", "json"]
+    stops = misses = 0
+    for _ in range(3000):
+        text = list(parts)
+        for _ in range(rng.randint(0, 3)):  # drop, duplicate or insert pieces
+            k = rng.randrange(len(text))
+            op = rng.random()
+            if op < 0.35:
+                del text[k]
+            elif op < 0.6:
+                text.insert(k, text[k])
+            else:
+                text.insert(k, rng.choice(noise))
+        text = "".join(text)
+        got = cut("react", list(text))
+        ends = [k for k in range(1, len(text) + 1) if _ACTION_FENCE.search(text[:k])]
+        assert got == (text[:ends[0]] if ends else None), text
+        stops += got is not None
+        misses += got is None
+    assert stops > 1000 and misses > 300
+
+
+SINGLE = {"type": "object", "required": ["tool", "parameters"], "additionalProperties": False, "properties": {
+    "tool": {"const": "f"},
+    "parameters": {"type": "object", "required": ["s"], "properties": {"s": {"type": "string"}, "n": {"type": "integer"}},
+                   "additionalProperties": False}}}
+PARALLEL = {"type": "array", "minItems": 2, "maxItems": 2, "items": {"anyOf": [SINGLE]},
+            "allOf": [{"contains": SINGLE, "minContains": 2, "maxContains": 2}]}
+
+
+def _random_answer(rng: random.Random) -> str:
+    s = rng.choice(["plain", "with } brace", 'quote " inside', "back\\slash", "[", "```", '\\"}'])
+    call = {"tool": rng.choice(["f", "f", "g"]), "parameters": {"s": s}}
+    if rng.random() < 0.3:
+        call["parameters"]["n"] = rng.choice([1, "2", 3.5])
+    body = json.dumps(call) if rng.random() < 0.8 else json.dumps([call, call])
+    if rng.random() < 0.2:
+        body = body[:-1] + "}" + body[-1]  # unbalanced
+    if rng.random() < 0.25:
+        body = f"```{rng.choice(['json', '', 'json '])}\n{body}\n```"
+    lead = rng.choice(["", "", " \n", "Sure: "])
+    tail = rng.choice(["", "", "\n", "  \n\n", "\nThis calls f.", " {}", "}", "\n```", ", ok", "\u3000"])
+    return lead + body + tail
+
+
+def test_cut_answers_get_the_verdict_of_the_whole_answer():
+    """For single and parallel-call schemas, and answers that end cleanly, ramble, repeat, carry braces and
+    escapes in strings, are fenced or unbalanced: the cut text passes or fails, in the same category, as
+    the whole text. The message is the same too, except for a fenced answer followed by more text: the
+    whole text's message depends on whether it ends in another fence, which the cut cannot know."""
+    rng = random.Random(1)
+    stopped = passed = 0
+    for i in range(1500):
+        text = _random_answer(rng)
+        for pieces in list(chunkings(text, seed=i))[1:3]:
+            got = cut("json", pieces)
+            for schema in (SINGLE, PARALLEL):
+                whole = validate_output(text, schema, "json")
+                part = validate_output(got if got is not None else text, schema, "json")
+                assert (part.passed, part.category) == (whole.passed, whole.category), (text, got)
+                if not text.lstrip().startswith("`"):
+                    assert part.detail == whole.detail, (text, got)
+                passed += whole.passed
+            stopped += got is not None and got != text
+    assert stopped > 300 and passed > 300  # both kinds were exercised
+
+
+def test_bfcl_answers_parse_to_the_same_calls_when_cut():
+    """stage=evaluate data=bfcl reads JSON or Python call syntax (bfcl/parse.py); cutting changes neither."""
+    from agent_align.bfcl.parse import parse_calls
+
+    answers = ['[f(a=1, b="x]"), g(c=[1, 2])]', "[f(s='}{'), g(t='it\\'s')]", '[{"name": "f", "arguments": {"a": "]"}}]',
+               '{"tool": "f", "parameters": {"a": 1}}', "f(a=1)\ng(b=2)", '[f(a={"k": [1]})]']
+    cuts = 0
+    for answer in answers:
+        for tail in ("", "\n", "\nThese calls do it.", " [x]"):
+            text = answer + tail
+            got = cut("json", list(text))
+            assert parse_calls(got if got is not None else text)[0] == parse_calls(text)[0], text
+            cuts += got is not None
+    assert cuts >= 10 and parse_calls(answers[1])[0] == [("f", {"s": "}{"}), ("g", {"t": "it's"})]
+
+
+def test_a_prefix_that_holds_the_call_turns_the_machine_off():
+    assert call_end("json", '{"a": 1}') is None and call_end("react", "Action:\n```json\n{}\n```") is None
+    assert cut("json", list('1, "b": 2}\nmore'), before='{"a": ') == '1, "b": 2}\nm'
+    with pytest.raises(ValueError, match="valid: json, react"):
+        call_end("yaml")
+
+
+# The decoder, on a scripted model: each row emits a fixed token stream; the row's id travels in its KV
+# cache, so a wrong row kept after compaction shows up as the wrong text.
+CHARS = '{}[]":, \n`abcdefghijklmnopqrstuvwxyz0123456789\\'
+EOS = len(CHARS)
+
+
+class Scripted(torch.nn.Module):
+    def __init__(self, scripts: list[str]):
+        from transformers import LlamaConfig
+
+        super().__init__()
+        self.config = LlamaConfig(vocab_size=EOS + 1, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                                  num_key_value_heads=1)
+        self.scripts = [[CHARS.index(c) for c in s] + [EOS] for s in scripts]
+        self.batches = []
+
+    def forward(self, input_ids, attention_mask, position_ids, past_key_values, use_cache=True, logits_to_keep=1):
+        b, t = input_ids.shape
+        self.batches.append(b)
+        if past_key_values.get_seq_length() == 0:  # prefill: row r's cache holds r
+            kv = torch.arange(b, dtype=torch.float32)[:, None, None, None].expand(b, 1, t, 1)
+        else:
+            kv = torch.zeros(b, 1, t, 1)
+        keys, _ = past_key_values.update(kv.clone(), kv.clone(), 0)
+        rows, done = keys[:, 0, 0, 0].long().tolist(), keys.shape[2] - self.prompt_len
+        logits = torch.full((b, 1, EOS + 1), -1e9)
+        for k, r in enumerate(rows):
+            script = self.scripts[r]
+            logits[k, 0, script[min(done, len(script) - 1)]] = 0.0
+        return SimpleNamespace(logits=logits)
+
+
+def test_decoder_ends_rows_at_the_complete_call_and_drops_them():
+    answers = ['{"tool": "f", "parameters": {"s": "}"}}', '{"tool": "f", "parameters": {"s": "a"}} and then more words',
+               '{"a": "\\"}"} xx yy zz', 'prose first {"a": 1} and more', '[{"a": 1}, {"b": 2}]\n\nthis is the end',
+               '```json\n{"a": 1}\n```\nthat is all of it']
+    scripts = answers * 3
+    tok = SimpleNamespace(pad_token_id=EOS, eos_token_id=EOS,
+                          decode=lambda ids, skip_special_tokens=True: "".join(CHARS[i] for i in ids if i != EOS))
+    prompts = [[1, 2, 3]] * len(scripts)
+    runs = {}
+    for stop in (None, "json"):
+        model = Scripted(scripts)
+        model.prompt_len = 3
+        out = generation.decode_compacting(model, torch.tensor(prompts), torch.ones(len(prompts), 3, dtype=torch.long),
+                                           64, EOS, ends_after=(lambda row, t, m=[call_end("json") for _ in scripts]:
+                                                                m[row].feed(CHARS[t])) if stop else None)
+        runs[stop] = ([tok.decode(s) for s in out], model.batches)
+    (full, full_batches), (stopped, batches) = runs[None], runs["json"]
+    assert full == scripts  # the scripted rows came back whole, each with its own text
+    expected = [cut("json", list(s)) or s for s in scripts]
+    assert stopped == expected
+    assert sum(a != b for a, b in zip(stopped, full)) == 12  # four of the six answers stop early
+    # the stopped rows left the batch: the last step ran for the longest stopped row, and fewer row-steps ran
+    assert len(batches) == max(map(len, stopped)) and sum(batches) < 0.8 * sum(full_batches)
+    for s, f in zip(stopped, full):
+        assert validate_output(s, SINGLE, "json") == validate_output(f, SINGLE, "json")
+
+
+def test_compacting_and_generate_stop_the_same_rows():
+    """``hardware.compact_decoding=false`` (transformers' generate) stops rows by the same rule, as a
+    stopping criterion: greedy outputs are equal either way, and are prefixes of the uncut outputs."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, pad_token_id=0)).eval()
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(1, 39, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(40)]
+    tok = SimpleNamespace(pad_token_id=0, eos_token_id=39)
+    kw = dict(max_new_tokens=16, batch_size=16, desc=None)
+    free = generation.generate_ids(model, tok, prompts, compact=True, **kw)
+    # the token greedy decoding emits most often reads as "}", every other one as "a": after a "{" prefix,
+    # a row's call closes at its first "}" and the row stops on the token after it
+    close = Counter(t for seqs in free for t in seqs[0]).most_common(1)[0][0]
+    tok.decode = lambda ids, skip_special_tokens=True: "".join("}" if i == close else "a" for i in ids)
+    kw.update(stop_at_call="json", text_before=["{"] * len(prompts))
+    ours = generation.generate_ids(model, tok, prompts, compact=True, **kw)
+    theirs = generation.generate_ids(model, tok, prompts, compact=False, **kw)
+    assert ours == theirs
+    for (a,), (b,) in zip(ours, free):
+        k = b.index(close) + 2 if close in b[:-1] else len(b)
+        assert a == b[:k]
+    assert sum(len(a[0]) < len(b[0]) for a, b in zip(ours, free)) >= 10
