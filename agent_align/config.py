@@ -198,6 +198,9 @@ class DPOStageConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_pairs: int = 1500  # 0 -> all; caps DPO time
+    # each parallel pair whose rejected is a bare call gets a mirror: a one-call request whose rejected
+    # wraps its call in a list (train/on_policy.py: without them the aligned model answered all in lists)
+    arity_mirrors: bool = True
     precompute_ref_log_probs: bool = True  # no reference model held during training
     policy_from: Optional[str] = None  # SFT checkpoint to start from (null -> run_dir/checkpoints/sft)
 

@@ -116,6 +116,23 @@ def generate_ids(model, tokenizer, prompt_ids: Sequence[list[int]], *, max_new_t
     return out
 
 
+def generate_by_budget(model, tokenizer, prompt_ids: Sequence[list[int]], budgets: Sequence[int], **kwargs):
+    """``generate_ids`` with a token budget per prompt (a request needing n calls gets n times one call's):
+    prompts are grouped by budget, so short answers are not decoded under the longest one's budget."""
+    out: list = [None] * len(prompt_ids)
+    for budget in sorted(set(budgets)):
+        idx = [i for i, b in enumerate(budgets) if b == budget]
+        for i, seqs in zip(idx, generate_ids(model, tokenizer, [prompt_ids[i] for i in idx], max_new_tokens=budget,
+                                             **kwargs)):
+            out[i] = seqs
+    return out
+
+
+def call_budgets(rows: Sequence[dict], per_call: int) -> list[int]:
+    """New-token budget per row: ``per_call`` times the calls it needs (parallel rows list them in ``calls``)."""
+    return [per_call * len(r.get("calls") or [None]) for r in rows]
+
+
 COMPACT_DECODING = True  # hardware.compact_decoding; benchmarks/run.py compares both
 
 

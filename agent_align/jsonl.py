@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import re
 import signal
 import tempfile
@@ -168,6 +169,25 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """A temp directory beside ``path`` that replaces ``path`` when the block ends without error (a
+    checkpoint, a cached model): a killed run never leaves a half-written one. Named like atomic_open's
+    temp files, so a resumed run removes a dead writer's leftover (preflight.clean_stale_temp)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with _signals_deferred():
+        tmp = Path(tempfile.mkdtemp(dir=p.parent, prefix=f".{p.name}.{os.getpid()}-", suffix=".tmp"))
+    try:
+        yield tmp
+        if p.exists():
+            shutil.rmtree(p)
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import re
+import shutil
 import signal
 import tempfile
 import threading
@@ -63,8 +64,8 @@ def clean_stale_temp(run_dir: Path) -> list[Path]:
     """Remove temp files of atomic writes whose writer is gone (killed with SIGKILL, or the
     machine went down). A writer that is still running keeps its file."""
     removed = []
-    for root, _dirs, files in os.walk(run_dir):
-        for name in files:
+    for root, dirs, files in os.walk(run_dir):
+        for name in [*files, *dirs]:  # atomic_open's files and atomic_dir's checkpoint directories
             if not TEMP_RE.match(name):
                 continue
             m = TEMP_PID_RE.search(name)
@@ -72,8 +73,9 @@ def clean_stale_temp(run_dir: Path) -> list[Path]:
                 continue
             path = Path(root, name)
             with contextlib.suppress(OSError):
-                path.unlink()
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
                 removed.append(path)
+        dirs[:] = [d for d in dirs if Path(root, d) not in removed]
     if removed:
         log.info("removed %d temp file(s) left by an interrupted run: %s", len(removed),
                  ", ".join(str(p.relative_to(run_dir)) for p in removed[:5]))

@@ -175,6 +175,13 @@ def dpo_ours(spec: dict) -> dict:
     return {**_trained(trainer, meter), "pairs": len(trainer.train_dataset)}
 
 
+def _dpo_records(rows: list[dict], system: str) -> list[dict]:
+    """Pairs as plain TRL takes them: conversational prompt and completions, tools as JSON."""
+    return [{"prompt": _chat_messages(r, system), "chosen": [{"role": "assistant", "content": r["chosen"]}],
+             "rejected": [{"role": "assistant", "content": r["rejected"]}], "tools": json.dumps(r.get("tools") or [])}
+            for r in rows]
+
+
 def dpo_baseline(spec: dict) -> dict:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
@@ -184,9 +191,7 @@ def dpo_baseline(spec: dict) -> dict:
     set_threads(spec["threads"])
     model, tok = _plain_model(spec["model_dir"])
     rows = _rows(spec["rows"])
-    records = [{"prompt": _chat_messages(r, spec["system"]), "chosen": [{"role": "assistant", "content": r["chosen"]}],
-                "rejected": [{"role": "assistant", "content": r["rejected"]}], "tools": json.dumps(r.get("tools") or [])}
-               for r in rows]
+    records = _dpo_records(rows, spec["system"])
     with PeakRSS() as meter:
         args = DPOConfig(output_dir=str(Path(spec["run_dir"]) / "trainer"), per_device_train_batch_size=spec["batch_size"],
                          gradient_accumulation_steps=spec["grad_accum"], max_steps=spec["steps"],
@@ -239,9 +244,7 @@ def ref_baseline(spec: dict) -> dict:
     set_threads(spec["threads"])
     model, tok = _plain_model(spec["model_dir"])
     rows = _rows(spec["rows"])
-    records = [{"prompt": _chat_messages(r, spec["system"]), "chosen": [{"role": "assistant", "content": r["chosen"]}],
-                "rejected": [{"role": "assistant", "content": r["rejected"]}], "tools": json.dumps(r.get("tools") or [])}
-               for r in rows]
+    records = _dpo_records(rows, spec["system"])
     with PeakRSS() as meter:
         args = DPOConfig(output_dir=str(Path(spec["run_dir"]) / "trainer"), per_device_train_batch_size=spec["batch_size"],
                          max_length=spec["max_length"], precompute_ref_log_probs=True,

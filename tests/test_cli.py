@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from agent_align.validation.categories import CATEGORIES
 from tests.conftest import run_cli
 
 
@@ -42,8 +43,9 @@ def test_score_stage_writes_score_and_verdicts(generated, tmp_path):
     res = run_cli(["stage=score", f"score.data={generated}/data/eval.jsonl", f"score.predictions={preds}", f"run_dir={out}"])
     assert res.returncode == 0, res.stderr[-2000:]
     score = json.loads((out / "score.json").read_text())
-    assert score["n"] == 30 and score["passed"] == 15 and score["sspr"] == 0.5
-    assert len(score["failures"]) == 7 and sum(score["failures"].values()) == 15
+    n = len(rows)  # 30 single-call rows, then the parallel split
+    assert n > 30 and score["n"] == n and score["passed"] == n // 2 and score["sspr"] == (n // 2) / n
+    assert set(score["failures"]) == set(CATEGORIES) and sum(score["failures"].values()) == n - n // 2
     verdicts = [json.loads(line) for line in open(out / "verdicts.jsonl")]
     assert [v["id"] for v in verdicts] == [r["id"] for r in rows]
     assert "Failure Breakdown" in res.stdout
@@ -72,7 +74,7 @@ def test_bad_score_inputs(generated, tmp_path, case):
         needles = ["empty"]
     elif case == "count":
         preds.write_text("".join(json.dumps({"output": "x"}) + "\n" for _ in rows[:3]))
-        needles = ["3 predictions for 30 rows"]
+        needles = ["3 predictions for 34 rows"]  # 30 single-call rows + 4 parallel
     elif case == "ids":
         preds.write_text("".join(json.dumps({"id": f"other-{i}", "output": "x"}) + "\n" for i in range(30)))
         needles = ["ids do not match"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,9 @@ def test_compare_wandb_offline_logs_the_table(sweep, tmp_path, monkeypatch):
     run(cfg, RunContext(run_dir=tmp_path))
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
+    deadline = time.monotonic() + 30  # W&B's service process may still be writing after run.finish() on a busy machine
+    while b"comparison" not in runs[0].read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert b"comparison" in runs[0].read_bytes()
 
 

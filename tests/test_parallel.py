@@ -175,6 +175,7 @@ def test_system_prompts_tell_the_model_about_lists():
 
 
 def test_evaluate_reports_the_parallel_split_and_gives_it_more_tokens(cfg_factory, monkeypatch):
+    from agent_align import generation
     from agent_align.stages import evaluate
 
     cfg = cfg_factory("evaluate.max_new_tokens=40")
@@ -187,7 +188,7 @@ def test_evaluate_reports_the_parallel_split_and_gives_it_more_tokens(cfg_factor
         budgets[max_new_tokens] = len(ids)
         return [[[i[0]]] for i in ids]
 
-    monkeypatch.setattr(evaluate, "generate_ids", fake_generate_ids)
+    monkeypatch.setattr(generation, "generate_ids", fake_generate_ids)  # generate_by_budget's decoder
     texts = [r["chosen"] for r in rows]  # a perfect model: "token" k decodes to row k's chosen answer
     row_index = iter(range(len(rows)))
     enc = SimpleNamespace(prompt_ids=lambda chat: [next(row_index)])
@@ -213,3 +214,28 @@ def test_shares_outside_0_1_are_config_errors(key):
     with pytest.raises(Exception) as exc:
         check_config(compose([f"{key}=1.5"]))
     assert key in str(exc.value) and "[0, 1]" in str(exc.value)
+
+
+def test_arity_mirrors_pair_each_one_call_rejection_of_a_list_request_with_a_wrapped_single_call(cfg_factory):
+    """On-policy DPO: a parallel request whose sample made one call teaches "[" over "{"; its mirror, a
+    one-call request whose rejected wraps the correct call in a list, teaches the converse."""
+    from agent_align.train.on_policy import _as_list, with_arity_mirrors
+    from agent_align.validation.validator import SchemaChecker
+
+    cfg = cfg_factory()
+    gen = Generator(cfg.data, 0)
+    singles = [gen.make_rows("eval", i)[0] for i in range(6)]
+    parallel = [gen.make_rows("parallel", i)[0] for i in range(3)]
+    one_call = json.dumps(json.loads(parallel[0]["chosen"])[0])  # a list request answered with one bare call
+    too_many = json.dumps(json.loads(parallel[1]["chosen"]) * 2)  # a list, wrong only in its count
+    pairs = [dict(parallel[0], rejected=one_call, source="on_policy"),
+             dict(parallel[1], rejected=too_many, source="on_policy"),
+             dict(singles[0], rejected=singles[0]["rejected"], source="on_policy")]
+    out = with_arity_mirrors(pairs, singles + parallel, "json", SchemaChecker(), random.Random(0))
+    assert [p["source"] for p in out] == ["on_policy", "arity_mirror", "on_policy", "on_policy"]
+    mirror = out[1]
+    assert len(mirror.get("calls") or [None]) == 1 and json.loads(mirror["rejected"]) == [json.loads(mirror["chosen"])]
+    v = validate_output(mirror["rejected"], mirror["schema"], "json")
+    assert not v.passed and v.category == mirror["negative_type"] == "json_error"
+    react = 'Thought: t\nAction:\n```json\n{"tool": "a", "parameters": {}}\n```'
+    assert _as_list(react, "react") == 'Thought: t\nAction:\n```json\n[{"tool": "a", "parameters": {}}]\n```'

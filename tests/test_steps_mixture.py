@@ -103,7 +103,7 @@ def fake_job(sweep, num: int, neg: float, syn: float, seed: int, sspr: float, ou
     OmegaConf.save(cfg, job / ".hydra" / "config.yaml")
     rows = list(Generator(cfg.data, seed).rows("eval", len(outputs)))
     write_jsonl(job / "data" / "eval.jsonl", rows)
-    write_jsonl(job / f"predictions_baseline.jsonl",
+    write_jsonl(job / "predictions_baseline.jsonl",
                 [{"id": r["id"], "output": r["chosen"] if o == "gold" else o} for r, o in zip(rows, outputs)])
     model = {"sspr": sspr, "by_split": {"seen": {"sspr": sspr + 0.1}, "unseen": {"sspr": sspr - 0.1}}}
     (job / "summary.json").write_text(json.dumps({"models": {"baseline": model, "aligned": model},

@@ -17,7 +17,8 @@ def run_dir(tmp_path):
     """A run directory with generated react data (40 train prompts, 6 eval)."""
     from agent_align.stages.generate import run as generate
 
-    cfg = compose([f"run_dir={tmp_path}", "data.format=react", "data.n_train=40", "data.n_eval=6"])
+    cfg = compose([f"run_dir={tmp_path}", "data.format=react", "data.n_train=40", "data.n_eval=6",
+                   "data.parallel_fraction=0"])  # the step verifier scores one call per answer
     generate(cfg, RunContext(tmp_path))
     return tmp_path
 

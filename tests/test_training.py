@@ -15,7 +15,7 @@ import torch
 
 from agent_align.stages.context import RunContext
 from agent_align.validation.categories import CATEGORIES
-from tests.conftest import MICRO, REPO, compose, run_cli
+from tests.conftest import SHARED, MICRO, REPO, compose, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -90,26 +90,34 @@ def test_on_policy_pairs_are_the_policys_own_failures(sft_run, tmp_path):
 
 
 def test_pipeline_writes_summary_report_plots_and_wandb_run(tmp_path):
-    res = run_cli([f"run_dir={tmp_path}", *MICRO, "sft.max_steps=3", "dpo.max_steps=2", "data.negatives_source=mixed",
-                   "logger=wandb"], env={"WANDB_MODE": "offline", "WANDB_API_KEY": ""})
+    bfcl = [f"data.bfcl_dir={SHARED / 'bfcl'}", "evaluate.bfcl_limit=2"]
+    res = run_cli([f"run_dir={tmp_path}", *MICRO, *bfcl, "sft.max_steps=3", "dpo.max_steps=2",
+                   "data.negatives_source=mixed", "logger=wandb"], env={"WANDB_MODE": "offline", "WANDB_API_KEY": ""})
     assert res.returncode == 0, res.stderr[-3000:]
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0  # one offline W&B run holding the whole pipeline
     summary = json.loads((tmp_path / "summary.json").read_text())
-    for label in ("baseline", "aligned"):
+    assert list(summary["models"]) == ["base", "baseline", "aligned"]  # the base model zero-shot, then trained
+    assert list(summary["bfcl"]) == ["base", "baseline", "aligned"]
+    for label, b in summary["bfcl"].items():  # BFCL's first 2 questions of each default category
+        assert set(b["categories"]) == {"simple_python", "multiple", "parallel", "parallel_multiple"}
+        assert b["overall"]["n"] == 8 and 0.0 <= b["overall"]["ast_accuracy"] <= 1.0
+    assert summary["model_source"]["path"]  # a built model: where it lives (GGUF models: package, sha256)
+    for label in ("base", "baseline", "aligned"):
         m = summary["models"][label]
         assert {"n", "passed", "sspr", "failures", "by_split"} <= set(m)
         assert set(m["by_split"]) == {"seen", "unseen", "parallel"}  # parallel: round(0.125 * n_eval) prompts
         assert m["n"] == 18 and m["by_split"]["parallel"]["n"] == 2 and len(m["failures"]) == len(CATEGORIES)
-    assert {"generate", "sft", "evaluate_baseline", "dpo", "evaluate_aligned"} <= set(summary["timings"])
+    assert {"generate", "evaluate_base", "bfcl_base", "sft", "evaluate_baseline", "bfcl_baseline", "dpo",
+            "evaluate_aligned", "bfcl_aligned"} <= set(summary["timings"])
     assert all(v > 0 for v in summary["peak_memory_mb"].values())
     report = (tmp_path / "report.md").read_text()
-    assert "Strict Schema Pass Rate" in report and "Failure breakdown" in report
-    for png in ("sspr_by_split.png", "failures.png", "training_curves.png"):
+    assert "Strict Schema Pass Rate" in report and "Failure breakdown" in report and "## BFCL" in report
+    for png in ("sspr_by_split.png", "failures.png", "training_curves.png", "bfcl.png"):
         assert (tmp_path / "plots" / png).stat().st_size > 1000
     # a re-run finds every stage finished and redoes nothing
-    again = run_cli([f"run_dir={tmp_path}", *MICRO, "sft.max_steps=3", "dpo.max_steps=2", "data.negatives_source=mixed",
-                     "logger=wandb"], env={"WANDB_MODE": "offline", "WANDB_API_KEY": ""})
+    again = run_cli([f"run_dir={tmp_path}", *MICRO, *bfcl, "sft.max_steps=3", "dpo.max_steps=2",
+                     "data.negatives_source=mixed", "logger=wandb"], env={"WANDB_MODE": "offline", "WANDB_API_KEY": ""})
     assert again.returncode == 0 and "already finished" in again.stderr + again.stdout
 
 

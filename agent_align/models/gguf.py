@@ -23,12 +23,11 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import struct
-import tempfile
 from pathlib import Path
 
 from agent_align.errors import UserError, config_error
+from agent_align.jsonl import atomic_dir
 
 log = logging.getLogger(__name__)
 CONVERTER_VERSION = "1"  # bump when the conversion changes so stale caches are not reused
@@ -132,18 +131,11 @@ def convert(path: Path, out: Path, source: dict, tool_format: str = "compact") -
     tok.chat_template = chat_template("chatml" if "<|im_start|>" in tok.get_vocab() else "builtin", tool_format)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / SOURCE_FILE).write_text(json.dumps(
             {**source, "parameters": sum(p.numel() for p in model.parameters())}, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -96,7 +96,7 @@ def load_model_and_tokenizer(cfg, path: str | None = None, for_training: bool = 
 
     from agent_align.generation import set_compact_decoding
 
-    set_compact_decoding(cfg.hardware.compact_decoding)  # how this process decodes (greedy_compacting)
+    set_compact_decoding(cfg.hardware.compact_decoding)  # how this process decodes (decode_compacting)
     path = path or resolve_model_path(cfg)
     adapter = (Path(path) / "adapter_config.json").exists()
     attn = resolve_attn_implementation(cfg.hardware)

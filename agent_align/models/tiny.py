@@ -13,11 +13,10 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from agent_align.data.formats import SYSTEM_PROMPTS
+from agent_align.jsonl import atomic_dir
 from agent_align.models.templates import chat_template
 
 log = logging.getLogger(__name__)
@@ -148,17 +147,10 @@ def _build(model_cfg, data_cfg, seed: int, out: Path) -> Path:
 
         warmup = warm_up_copying(model, (len(SPECIAL_TOKENS), len(tokenizer)), max_steps=model_cfg.copy_warmup_steps,
                                  seed=model_cfg.init_seed)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "agent_align_build.json").write_text(json.dumps(
             {"arch": _arch(model_cfg), "corpus": _corpus_key(data_cfg, seed), "version": BUILDER_VERSION,
              "parameters": sum(p.numel() for p in model.parameters()), "copy_warmup": warmup}, indent=2, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -37,7 +37,7 @@ def sspr_by_split(models: dict, path: Path) -> str:
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("SSPR")
     ax.set_title("Strict Schema Pass Rate by split")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", ncol=len(models), fontsize=8)
     return _save(fig, path)
 
 

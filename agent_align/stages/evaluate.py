@@ -13,7 +13,7 @@ import logging
 from collections import defaultdict
 
 from agent_align.data.robustness import perturb
-from agent_align.generation import call_stop, generate_ids
+from agent_align.generation import call_budgets, call_stop, generate_by_budget
 from agent_align.hardware import resolve_precision
 from agent_align.jsonl import read_jsonl, write_json, write_jsonl
 from agent_align.stages.context import RunContext
@@ -32,15 +32,9 @@ def predict(cfg, model, tok, enc, rows: list[dict], desc: str) -> list[str]:
         rows = with_positive_tag(rows, cfg)
     ids = [enc.prompt_ids(chat_of(r, system)) for r in rows]
     batch = cfg.evaluate.batch_size or cfg.hardware.eval_batch_size
-    # a request needing n calls (parallel rows list them in "calls") gets n times one call's token budget
-    budgets = [cfg.evaluate.max_new_tokens * len(r.get("calls") or [None]) for r in rows]
-    texts: list = [None] * len(rows)
-    for budget in sorted(set(budgets)):
-        idx = [i for i, b in enumerate(budgets) if b == budget]
-        out = generate_ids(model, tok, [ids[i] for i in idx], max_new_tokens=budget, batch_size=batch,
-                           bf16=resolve_precision(cfg.hardware) == "bf16", desc=desc, stop_at_call=call_stop(cfg))
-        for i, seqs in zip(idx, out):
-            texts[i] = tok.decode(seqs[0], skip_special_tokens=True)
+    out = generate_by_budget(model, tok, ids, call_budgets(rows, cfg.evaluate.max_new_tokens), batch_size=batch,
+                             bf16=resolve_precision(cfg.hardware) == "bf16", desc=desc, stop_at_call=call_stop(cfg))
+    texts = [tok.decode(seqs[0], skip_special_tokens=True) for seqs in out]
     return texts
 
 

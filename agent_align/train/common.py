@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
 
 from agent_align.hardware import resolve_precision
+from agent_align.jsonl import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +112,10 @@ def save_final(trainer, tokenizer, dest: Path, cfg, extra: dict | None = None) -
         trainer.save_model(str(dest.parent / f".{dest.name}.rank"))  # collective under ZeRO-3; rank 0 writes
         trainer.accelerator.wait_for_everyone()  # the next stage may load `dest` on every rank
         return
-    tmp = dest.parent / f".{dest.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    trainer.save_model(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    (tmp / "agent_align_stage.json").write_text(json.dumps(extra or {}, indent=2, default=str))
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+    with atomic_dir(dest) as tmp:
+        trainer.save_model(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "agent_align_stage.json").write_text(json.dumps(extra or {}, indent=2, default=str))
     if cfg.peft.name != "none" and cfg.peft.export_merged:
         export_merged(dest, cfg)
     trainer.accelerator.wait_for_everyone()
@@ -133,12 +128,9 @@ def export_merged(adapter_dir: Path, cfg) -> Path:
     out = adapter_dir.parent / f"{adapter_dir.name}-merged"
     model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir))
     merged = model.merge_and_unload()
-    tmp = out.parent / f".{out.name}.tmp"
-    merged.save_pretrained(str(tmp))
-    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(tmp))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_dir(out) as tmp:
+        merged.save_pretrained(str(tmp))
+        AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(tmp))
     log.info("merged checkpoint exported to %s", out)
     return out
 

@@ -23,8 +23,9 @@ from tests.conftest import REPO, run_cli
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SIZE = ["data.n_train=64", "data.n_eval=8"]
-MICRO = 16  # hardware=cpu_ddp/cpu_zero2 per-process batch (sft and dpo)
-TINY = ["model.hidden_size=64", "model.num_layers=2", "model.intermediate_size=128", "model.num_heads=2",
+MICRO = 4  # hardware=cpu_ddp/cpu_zero2 per-process batch (sft and dpo)
+# torchrun is launched directly (not through run_cli), so the tiny model is chosen here
+TINY = ["model=tiny", "evaluate.bfcl=false", "sft.lr=2e-3", "dpo.lr=5e-5", "model.hidden_size=64", "model.num_layers=2", "model.intermediate_size=128", "model.num_heads=2",
         "model.vocab_size=512", "model.tokenizer_corpus_rows=300", "model.copy_warmup_steps=0", "sft.max_steps=3", "dpo.max_steps=3",
         "sft.logging_steps=1", "dpo.logging_steps=1", "evaluate.max_new_tokens=32"]
 # DDP runs the whole pipeline in one launch (SFT, both evaluations, DPO, summary.json). ZeRO-2 runs SFT
