@@ -15,7 +15,7 @@ import torch
 
 from agent_align.stages.context import RunContext
 from agent_align.validation.categories import CATEGORIES
-from tests.conftest import SHARED, MICRO, REPO, compose, run_cli
+from tests.conftest import MICRO, REPO, SHARED, compose, run_cli, tiny_first
 
 pytestmark = pytest.mark.slow
 
@@ -129,7 +129,7 @@ def test_killed_sft_resumes_to_the_same_weights(tmp_path):
     straight = run_cli([f"run_dir={tmp_path / 'a'}", *args])
     assert straight.returncode == 0, straight.stderr[-2000:]
     # kill the second run once it has saved its first checkpoint
-    cmd = [sys.executable, "-m", "agent_align", f"run_dir={tmp_path / 'b'}", *args]
+    cmd = [sys.executable, "-m", "agent_align", *tiny_first([f"run_dir={tmp_path / 'b'}", *args])]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     trainer_dir = tmp_path / "b" / "checkpoints" / "sft-trainer"
     deadline = time.time() + 300
