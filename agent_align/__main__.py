@@ -18,7 +18,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from agent_align.cli_errors import user_error
-from agent_align.config import check_config, register_configs
+from agent_align.checks import check_config
+from agent_align.config import register_configs
 from agent_align.errors import UserError
 from agent_align.preflight import Terminated, preflight, terminate_as_interrupt
 from agent_align.stages import STAGES

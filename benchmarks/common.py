@@ -29,7 +29,8 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from agent_align.config import check_config, register_configs
+    from agent_align.checks import check_config
+    from agent_align.config import register_configs
 
     register_configs()
     with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):

@@ -133,14 +133,14 @@ def test_random_agent_is_a_weak_but_valid_baseline():
     ("agent.save_alternate_trace=true", "agent.save_alternate_trace"),
 ])
 def test_config_errors_name_the_key(override, key):
-    from agent_align.config import check_config
+    from agent_align.checks import check_config
 
     with pytest.raises(UserError, match=f"'{key}'"):
         check_config(compose([override]))
 
 
 def test_seed_spelling_of_null_expert_mode_is_accepted():
-    from agent_align.config import check_config
+    from agent_align.checks import check_config
 
     check_config(compose(["agent.expert_mode=None"]))
 
@@ -148,7 +148,7 @@ def test_seed_spelling_of_null_expert_mode_is_accepted():
 @pytest.mark.parametrize("group,option", [("agent", p.stem) for p in sorted((CONF / "agent").glob("*.yaml"))] +
                          [("env", p.stem) for p in sorted((CONF / "env").glob("*.yaml"))])
 def test_every_env_and_agent_option_composes_and_passes_the_checks(group, option):
-    from agent_align.config import check_config
+    from agent_align.checks import check_config
 
     overrides = [f"{group}={option}"] + (["env.retrieval_url=http://127.0.0.1:9"] if option == "remote" else [])
     cfg = compose(overrides)

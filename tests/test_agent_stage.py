@@ -71,7 +71,7 @@ def test_experiment_composes_and_pipeline_wires_the_stages(tmp_path, monkeypatch
     stage gets. (The real run is measured in docs/agent_env.md; it takes minutes.)"""
     from agent_align.agents import BACKENDS
     from agent_align.agents.pipeline import run as pipeline
-    from agent_align.config import check_config
+    from agent_align.checks import check_config
     from agent_align.jsonl import read_jsonl
     from agent_align.stages import STAGES
     from agent_align.stages.context import RunContext

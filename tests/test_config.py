@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from agent_align.config import check_config
+from agent_align.checks import check_config
 from agent_align.errors import UserError
 from agent_align.stages import STAGES
 from tests.conftest import CONF, compose

@@ -232,14 +232,14 @@ def test_dpo_stage_rejects_settings_that_cannot_apply_to_agent_pairs(tmp_path, t
     (["loss=stepwise"], r"'loss.name' = 'stepwise'"),
 ])
 def test_agentic_pipeline_config_errors(overrides, match):
-    from agent_align.config import check_config
+    from agent_align.checks import check_config
 
     with pytest.raises(UserError, match=match):
         check_config(compose(["+experiment=agentic_sft_dpo", *overrides]))
 
 
 def test_agentic_pipeline_accepts_the_documented_trajectory_commands():
-    from agent_align.config import check_config
+    from agent_align.checks import check_config
 
     traj = ["+experiment=agentic_sft_dpo", "agent.preference_granularity=trajectory", "agent.mask_suboptimal_traces=true"]
     check_config(compose([*traj, "agent.num_samples=4", "agent.temperature=0.8"]))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from agent_align.config import check_config
+from agent_align.checks import check_config
 from agent_align.distributed import (check_launch, deepspeed_config_path, executor_parameters, sbatch_options,
                                      sbatch_script)
 from agent_align.errors import UserError

@@ -52,7 +52,7 @@ def test_negative_ratio_subsamples_deterministically_and_equal_tags_are_refused(
     cfg = compose([f"run_dir={tmp_path}", "nat.negatives_per_positive=0.25"])
     negs = [r for r in nat_sft_rows(many, cfg) if r["nat_tag"] == "negative"]
     assert 60 < len(negs) < 140 and negs == [r for r in nat_sft_rows(many, cfg) if r["nat_tag"] == "negative"]
-    from agent_align.config import check_config
+    from agent_align.checks import check_config
     from agent_align.errors import UserError
 
     with pytest.raises(UserError, match="nat.negative_tag"):

@@ -208,7 +208,7 @@ def test_evaluate_reports_the_parallel_split_and_gives_it_more_tokens(cfg_factor
 
 @pytest.mark.parametrize("key", ["data.parallel_fraction", "data.parallel_eval_share"])
 def test_shares_outside_0_1_are_config_errors(key):
-    from agent_align.config import check_config
+    from agent_align.checks import check_config
     from tests.conftest import compose
 
     with pytest.raises(Exception) as exc:

@@ -47,7 +47,7 @@ def test_mixture_draws_real_tool_positives_nat_negatives_and_procedural_syntheti
 
 
 def test_mixture_mistakes_fail_naming_the_key_and_the_fix(tmp_path):
-    from agent_align.config import check_config
+    from agent_align.checks import check_config
     from agent_align.data.generator import Generator
     from agent_align.steps.mixture import sft_rows
 
@@ -71,7 +71,7 @@ def test_mixture_study_sweeps_six_mixes_over_three_seeds(tmp_path):
     from hydra import initialize_config_dir
     from hydra.utils import instantiate
 
-    from agent_align.config import check_config
+    from agent_align.checks import check_config
     from agent_align.steps.mixture import shares
     from agent_align.steps.mixture_table import MixtureTableCallback
     from tests.conftest import CONF

@@ -122,7 +122,8 @@ def test_pipeline_writes_summary_report_plots_and_wandb_run(tmp_path):
 
 
 def test_killed_sft_resumes_to_the_same_weights(tmp_path):
-    args = [*MICRO, "stage=sft", "sft.max_steps=12", "sft.save_steps=3", "data.n_train=200"]
+    # fp32: bf16 matmuls on AMX are not bitwise reproducible across runs, and the test is about resuming
+    args = [*MICRO, "stage=sft", "sft.max_steps=12", "sft.save_steps=3", "data.n_train=200", "hardware.precision=fp32"]
     gen = run_cli(["stage=generate", f"run_dir={tmp_path / 'a'}", *MICRO, "data.n_train=200"])
     assert gen.returncode == 0, gen.stderr[-2000:]
     run_cli(["stage=generate", f"run_dir={tmp_path / 'b'}", *MICRO, "data.n_train=200"])

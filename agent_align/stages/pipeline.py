@@ -52,16 +52,14 @@ def _bfcl(cfg, ctx: RunContext, label: str) -> dict:
 
 
 def _policy_for(cfg, ctx: RunContext, label: str):
+    """(model, tokenizer, encoder) of model ``label``; ``policy`` reuses the one in memory when it is that one."""
     from agent_align.stages.sft import policy
 
-    held = ctx.cache.get("policy")
     if label == "base":
         return policy(cfg, ctx, cfg.sft.init_from, for_training=False)
     stage = "sft" if label == "baseline" else "dpo"
     marker = ctx.path("stages", f"{stage}.json")
     path = json.loads(marker.read_text())["checkpoint"] if marker.exists() else str(ctx.path("checkpoints", stage))
-    if held and held[2] == path:
-        return held[0], held[1], ctx.cache["encoder"]
     return policy(cfg, ctx, path, for_training=False)
 
 

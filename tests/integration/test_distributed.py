@@ -92,7 +92,7 @@ def test_sft_and_dpo_on_two_cpu_processes(hardware, data, tmp_path):
     assert dpo["final_reward_margin"] is not None
     if "stage=pipeline" in COMMANDS[hardware][0]:
         summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["models"]["aligned"]["n"] == 8 and set(summary["timings"]) >= {"sft", "dpo"}
+        assert summary["models"]["aligned"]["n"] == 9 and set(summary["timings"]) >= {"sft", "dpo"}  # 8 eval requests + 1 parallel
 
     base = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / "sft")
     aligned = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / "dpo")

@@ -122,7 +122,7 @@ def test_two_job_sweep_runs_as_a_slurm_array(cluster, tmp_path, monkeypatch):
         for rel in EXPECTED:
             assert (job.dir / rel).is_file() and (job.dir / rel).stat().st_size > 0, (job.dir, rel)
         summary = json.loads((job.dir / "summary.json").read_text())
-        assert summary["models"]["aligned"]["n"] == 8 and 0.0 <= summary["objective"] <= 1.0
+        assert summary["models"]["aligned"]["n"] == 9 and 0.0 <= summary["objective"] <= 1.0  # 8 eval requests + 1 parallel
         assert summary["train"]["dpo"]["loss"] == job.swept["loss"]  # each job ran its own sweep value
         log = job.log.read_text()
         assert f"JobEnvironment(job_id={job.job_id}," in log  # ran inside SLURM, through submitit
