@@ -95,12 +95,13 @@ def ensure_gguf(model_cfg) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (out / SOURCE_FILE).exists():
             return out
-        return convert(path, out, {**source, "sha256": digest, "converter": CONVERTER_VERSION},
-                       model_cfg.tool_format)
+        return convert(path, out, {**source, "sha256": digest, "converter": CONVERTER_VERSION})
 
 
-def convert(path: Path, out: Path, source: dict, tool_format: str = "compact") -> Path:
-    """Dequantise ``path`` into a plain fp32 checkpoint at ``out`` that ``from_pretrained`` loads anywhere."""
+def convert(path: Path, out: Path, source: dict) -> Path:
+    """Dequantise ``path`` into a plain fp32 checkpoint at ``out`` that ``from_pretrained`` loads anywhere.
+    Its tokenizer carries our template with tools in the ``call`` format (loading applies
+    ``model.chat_template``/``model.tool_format``; this one serves plain ``apply_chat_template`` users)."""
     if importlib.util.find_spec("gguf") is None:
         raise UserError("reading GGUF weights needs the 'gguf' package: pip install gguf")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -128,7 +129,7 @@ def convert(path: Path, out: Path, source: dict, tool_format: str = "compact") -
     model.tie_weights()
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    tok.chat_template = chat_template("chatml" if "<|im_start|>" in tok.get_vocab() else "builtin", tool_format)
+    tok.chat_template = chat_template("chatml" if "<|im_start|>" in tok.get_vocab() else "builtin", "call")
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     with atomic_dir(out) as tmp:
