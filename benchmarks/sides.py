@@ -175,11 +175,16 @@ def dpo_ours(spec: dict) -> dict:
     return {**_trained(trainer, meter), "pairs": len(trainer.train_dataset)}
 
 
-def _dpo_records(rows: list[dict], system: str) -> list[dict]:
-    """Pairs as plain TRL takes them: conversational prompt and completions, tools as JSON."""
-    return [{"prompt": _chat_messages(r, system), "chosen": [{"role": "assistant", "content": r["chosen"]}],
-             "rejected": [{"role": "assistant", "content": r["rejected"]}], "tools": json.dumps(r.get("tools") or [])}
-            for r in rows]
+def _plain_dpo_inputs(spec: dict) -> tuple:
+    """(model, tokenizer, rows, records) for a plain-TRL DPO side: pairs as TRL takes them, with a
+    conversational prompt and completions and the tools as JSON."""
+    set_threads(spec["threads"])
+    model, tok = _plain_model(spec["model_dir"])
+    rows = _rows(spec["rows"])
+    records = [{"prompt": _chat_messages(r, spec["system"]), "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                "rejected": [{"role": "assistant", "content": r["rejected"]}], "tools": json.dumps(r.get("tools") or [])}
+               for r in rows]
+    return model, tok, rows, records
 
 
 def dpo_baseline(spec: dict) -> dict:
@@ -188,10 +193,7 @@ def dpo_baseline(spec: dict) -> dict:
 
     from agent_align.train.encode import Encoder, chat_of
 
-    set_threads(spec["threads"])
-    model, tok = _plain_model(spec["model_dir"])
-    rows = _rows(spec["rows"])
-    records = _dpo_records(rows, spec["system"])
+    model, tok, rows, records = _plain_dpo_inputs(spec)
     with PeakRSS() as meter:
         args = DPOConfig(output_dir=str(Path(spec["run_dir"]) / "trainer"), per_device_train_batch_size=spec["batch_size"],
                          gradient_accumulation_steps=spec["grad_accum"], max_steps=spec["steps"],
@@ -241,10 +243,7 @@ def ref_baseline(spec: dict) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     _no_training()
-    set_threads(spec["threads"])
-    model, tok = _plain_model(spec["model_dir"])
-    rows = _rows(spec["rows"])
-    records = _dpo_records(rows, spec["system"])
+    model, tok, rows, records = _plain_dpo_inputs(spec)
     with PeakRSS() as meter:
         args = DPOConfig(output_dir=str(Path(spec["run_dir"]) / "trainer"), per_device_train_batch_size=spec["batch_size"],
                          max_length=spec["max_length"], precompute_ref_log_probs=True,
