@@ -17,9 +17,12 @@ A bare call object for a parallel row counts as a list of one call (it misses th
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent_align.validation.categories import PRECEDENCE
+
+if TYPE_CHECKING:  # validator imports this module; the runtime import stays inside check_calls
+    from agent_align.validation.validator import Verdict
 
 Expected = list[tuple[str, Any]]  # (tool name, its call schema) per expected call, with repeats
 
