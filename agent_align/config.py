@@ -248,9 +248,11 @@ class InferConfig:
 
 @dataclass
 class CompareConfig:
-    runs: List[str] = field(default_factory=list)  # run directories holding summary.json
+    runs: List[str] = field(default_factory=list)  # run directories holding summary.json or agentic_summary.json
     sweep: Optional[str] = None  # a multirun dir (multirun/<experiment>/<date_time>): every job in it
     out: Optional[str] = None  # where the table and plots go (null -> <sweep>/compare, else the run dir)
+    labels: List[str] = field(default_factory=list)  # one name per run, in order (empty -> directory/job names;
+    # agentic runs: the method label, see agent_align/compare/agent_table.py)
 
 
 @dataclass

@@ -93,7 +93,7 @@ def test_experiment_composes_and_pipeline_wires_the_stages(tmp_path, monkeypatch
         return Agent()
 
     def fake_sft(c, ctx):
-        seen["sft_rows"] = read_jsonl(c.data.train_path, required=("prompt", "chosen", "tools"))
+        seen["sft_rows"] = read_jsonl(c.data.train_path, required=("messages", "tools"))  # agent.sft_rows=trajectories
         return {"checkpoint": str(ctx.path("checkpoints", "sft"))}
 
     def fake_dpo(c, ctx):
@@ -105,9 +105,9 @@ def test_experiment_composes_and_pipeline_wires_the_stages(tmp_path, monkeypatch
     monkeypatch.setattr(STAGES, "get", lambda name: {"sft": fake_sft, "dpo": fake_dpo}.get(name) or real_get(name))
     monkeypatch.setitem(BACKENDS._items, "hf", fake_agent)
     summary = pipeline(cfg, RunContext(run_dir=tmp_path))
-    assert seen["sft_rows"] and all(r["prompt"][-1]["role"] in ("user", "tool") for r in seen["sft_rows"])
+    assert seen["sft_rows"] and all(r["messages"][-1]["role"] == "assistant" for r in seen["sft_rows"])
     assert seen["dpo_rows"] and seen["dpo_from"] == str(tmp_path / "checkpoints" / "sft")
-    assert seen["models"] == {str(tmp_path / "checkpoints" / "sft"), str(tmp_path / "checkpoints" / "dpo")}
-    assert set(summary) >= {"before_dpo", "after_dpo", "informed", "timings"}
+    assert seen["models"] == {None, str(tmp_path / "checkpoints" / "sft"), str(tmp_path / "checkpoints" / "dpo")}
+    assert set(summary) >= {"base", "before_dpo", "after_dpo", "informed", "timings", "rounds"}
     assert summary["informed"]["step_pairs"] == len(seen["dpo_rows"]) and summary["before_dpo"]["n"] == 6
     assert json.loads((tmp_path / "agentic_summary.json").read_text())["after_dpo"] == summary["after_dpo"]

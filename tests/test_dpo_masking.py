@@ -282,7 +282,8 @@ def test_agentic_pipeline_trains_dpo_on_trajectory_pairs(tmp_path, monkeypatch):
     monkeypatch.setitem(BACKENDS._items, "hf", fake_agent)
     summary = pipeline(cfg, RunContext(run_dir=tmp_path))
     sft, dpo = str(tmp_path / "checkpoints" / "sft"), str(tmp_path / "checkpoints" / "dpo")
-    assert runs == [(sft, "test", 1, 0.0, None), (sft, "train", 2, 0.8, None), (dpo, "test", 1, 0.0, None)]
+    assert runs == [(None, "test", 1, 0.0, None), (sft, "test", 1, 0.0, None), (sft, "train", 2, 0.8, None),
+                    (dpo, "test", 1, 0.0, None)]  # base model, SFT, sampled rollouts of the SFT policy, DPO
     assert seen["path"].endswith("agentic/sampled/preferences/trajectory_pairs.jsonl") and seen["source"] == "synthetic"
     rows = seen["rows"]
     assert rows and all(r["granularity"] == "trajectory" and r["mask_suboptimal_traces"] for r in rows)

@@ -68,22 +68,27 @@ def make_backend(kind: str, cfg, ctx, model_path: str | None = None, temperature
 
 
 class LLMAgent:
-    def __init__(self, backend):
-        self.backend = backend
+    def __init__(self, backend, tag: str | None = None, placement: str = "prefix"):
+        self.backend, self.tag, self.placement = backend, tag, placement
 
     def chat(self, env) -> dict:
-        return {**env.chat(), "seed": env.sample_index}
+        chat = {**env.chat(), "seed": env.sample_index}
+        if self.tag:  # agent.prompt_tag: e.g. the NAT positive tag on the task's user message
+            from agent_align.steps.nat import tag_prompt
+
+            chat["messages"] = tag_prompt(chat["messages"], self.tag, self.placement)
+        return chat
 
     def act(self, envs) -> list[str | None]:
         return self.backend.complete([self.chat(env) for env in envs])
 
 
 def hf_agent(cfg, ctx):
-    return LLMAgent(make_backend("hf", cfg, ctx, cfg.agent.model_path))
+    return LLMAgent(make_backend("hf", cfg, ctx, cfg.agent.model_path), cfg.agent.prompt_tag, cfg.nat.placement)
 
 
 def openai_agent(cfg, ctx):
-    return LLMAgent(make_backend("openai", cfg, ctx))
+    return LLMAgent(make_backend("openai", cfg, ctx), cfg.agent.prompt_tag, cfg.nat.placement)
 
 
 def _reference(env) -> str:

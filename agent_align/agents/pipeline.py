@@ -11,6 +11,13 @@
                    a success vs a failure of the same task -> trajectory pairs                      agentic/sampled/
   5. dpo         DPO on those pairs from the SFT checkpoint, observations masked   checkpoints/dpo
   6. after       test tasks, no expert                                   agentic/eval_dpo/
+  dpo.rounds=N   repeats 4-6 from the last policy: round k's rollouts in agentic/informed_r<k>/ (or
+                 sampled_r<k>), its checkpoint in agentic/round<k>/checkpoints/dpo, its evaluation in
+                 agentic/eval_dpo_r<k>/; summary["rounds"] has held-out success after each round
+  data.negatives=nat   replaces 5: NAT, an SFT from the base model on the expert's trajectories (task
+                 tagged nat.positive_tag) and the informed run's mistakes (tagged nat.negative_tag),
+                 agentic/nat/checkpoints/sft, evaluated with the positive tag
+  evaluate.base  also evaluates the untrained model on the test tasks first  agentic/eval_base/
 
 Each agent run is a stage=agent run in its own sub-directory (so it resumes episode by episode); the
 sft/dpo stages are the project's own, fed through data.train_path. Evaluations are greedy, one
@@ -25,7 +32,7 @@ import time
 
 from omegaconf import OmegaConf
 
-from agent_align.jsonl import write_json
+from agent_align.jsonl import read_jsonl, write_json, write_jsonl
 from agent_align.stages import STAGES
 from agent_align.stages.context import RunContext, finished, mark_finished
 
@@ -40,68 +47,136 @@ def variant(cfg, **updates):
     return c
 
 
-def run(cfg, ctx: RunContext) -> dict:
-    from agent_align.stages.agent import run as agent_run
+SUMMARY_KEYS = ("n", "success_rate", "avg_steps", "valid_call_rate", "policy_violations", "by_scenario",
+                "by_tool_availability")
+NO_EXPERT = dict(agent__backend="hf", agent__expert_mode=None, agent__save_alternate_trace=False,
+                 agent__split="test", agent__resume_from=None, agent__num_samples=1, agent__temperature=0.0,
+                 agent__trajectory_pairs=False, agent__mask_suboptimal_traces=False)
 
+
+class _Loop:
+    """The runs of one agent_pipeline: each step is timed and its result kept under its name."""
+
+    def __init__(self, cfg, ctx: RunContext):
+        self.cfg, self.ctx, self.timings, self.results = cfg, ctx, {}, {}
+
+    def sub(self, name: str) -> RunContext:
+        c = self.ctx
+        return RunContext(run_dir=c.path("agentic", name), rank=c.rank, world_size=c.world_size, cache=c.cache)
+
+    def timed(self, name: str, fn):
+        start = time.perf_counter()
+        self.results[name] = fn()
+        self.timings[name] = round(time.perf_counter() - start, 2)
+        log.info("agent_pipeline: %s done in %.1fs", name, self.timings[name])
+        return self.results[name]
+
+    def agent(self, name: str, run_name: str, **updates) -> dict:
+        from agent_align.stages.agent import run as agent_run
+
+        return self.timed(name, lambda: agent_run(variant(self.cfg, **updates), self.sub(run_name)))
+
+    def evaluate(self, name: str, run_name: str, policy: str | None, tag: str | None = None) -> dict:
+        """The policy on the test tasks, greedy, one episode per task, no expert."""
+        return self.agent(name, run_name, agent__model_path=policy, agent__prompt_tag=tag, **NO_EXPERT)
+
+    def pairs(self, name: str, policy: str) -> tuple[dict, str]:
+        """Rollouts of ``policy`` on the train tasks and the preference file they give."""
+        cfg = self.cfg
+        common = dict(agent__backend="hf", agent__model_path=policy, agent__expert_mode=None, agent__split="train",
+                      agent__resume_from=None, agent__prompt_tag=None, agent__save_alternate_trace=False)
+        if cfg.agent.preference_granularity == "trajectory":  # the policy's own successes vs its own failures
+            result = self.agent(name, name, **{**common, "agent__trajectory_pairs": True})
+            key = "trajectory_pairs"
+        else:
+            result = self.agent(name, name, **{**common, "agent__expert_mode": "informed", "agent__expert": "ground_truth",
+                                               "agent__save_alternate_trace": True, "agent__trajectory_pairs": False,
+                                               "agent__mask_suboptimal_traces": False})
+            key = "step_pairs"
+        return result, str(self.sub(name).path("preferences", f"{key}.jsonl")) if result.get(key) else ""
+
+    def dpo(self, name: str, pairs_path: str, policy: str, ctx: RunContext) -> str:
+        result = self.timed(name, lambda: STAGES.get("dpo")(variant(
+            self.cfg, data__train_path=pairs_path, data__negatives_source="synthetic", dpo__policy_from=policy,
+            dpo__rounds=1), ctx))
+        return result["checkpoint"]
+
+    def nat(self, pairs_path: str) -> str:
+        """NAT: the expert's trajectories and the policy's mistakes, tagged, in one SFT from the base model."""
+        from agent_align.env.nat import nat_conversations
+
+        cfg, sub = self.cfg, self.sub("nat")
+        rows = nat_conversations(read_jsonl(self.sub("expert").path("sft", "trajectories.jsonl")),
+                                 read_jsonl(pairs_path), cfg.nat)
+        path = sub.path("data", "nat_sft.jsonl")
+        if self.ctx.is_main:
+            write_jsonl(path, rows)
+        result = self.timed("nat_sft", lambda: STAGES.get("sft")(variant(
+            cfg, data__train_path=str(path), sft__init_from=None, data__negatives="standard"), sub))
+        return result["checkpoint"]
+
+
+def _granularity_runs(cfg) -> tuple[str, str]:
+    if cfg.agent.preference_granularity == "trajectory":
+        return "sampled", "no train task had both a success and a failure"
+    return "informed", "the policy made no mistake the expert could correct"
+
+
+def _brief(result: dict) -> dict:
+    return {k: result[k] for k in ("success_rate", "valid_call_rate", "avg_steps", "policy_violations")}
+
+
+def run(cfg, ctx: RunContext) -> dict:
     done = finished(cfg, ctx, "agent_pipeline")
     if done:
         return done
-    sub = lambda name: RunContext(run_dir=ctx.path("agentic", name), rank=ctx.rank,  # noqa: E731
-                                  world_size=ctx.world_size, cache=ctx.cache)
-    sft_ckpt, dpo_ckpt = str(ctx.path("checkpoints", "sft")), str(ctx.path("checkpoints", "dpo"))
-    timings, results = {}, {}
-
-    def timed(name, fn):
-        start = time.perf_counter()
-        results[name] = fn()
-        timings[name] = round(time.perf_counter() - start, 2)
-        log.info("agent_pipeline: %s done in %.1fs", name, timings[name])
-        return results[name]
-
-    no_expert = dict(agent__backend="hf", agent__expert_mode=None, agent__save_alternate_trace=False,
-                     agent__split="test", agent__resume_from=None, agent__num_samples=1, agent__temperature=0.0,
-                     agent__trajectory_pairs=False, agent__mask_suboptimal_traces=False)
-    timed("expert", lambda: agent_run(variant(cfg, agent__backend="expert", agent__expert_mode="ground_truth",
-                                              agent__save_alternate_trace=False, agent__split="train",
-                                              agent__resume_from=None, agent__num_samples=1,
-                                              agent__trajectory_pairs=False, agent__mask_suboptimal_traces=False),
-                                      sub("expert")))
-    timed("sft", lambda: STAGES.get("sft")(variant(cfg, data__train_path=str(sub("expert").path("sft", "steps.jsonl")),
-                                                   sft__init_from=None), ctx))
-    timed("before", lambda: agent_run(variant(cfg, agent__model_path=sft_ckpt, **no_expert), sub("eval_sft")))
-    if cfg.agent.preference_granularity == "trajectory":  # the policy's own successes vs its own failures
-        runs, pairs_key, why = "sampled", "trajectory_pairs", "no train task had both a success and a failure"
-        timed(runs, lambda: agent_run(variant(
-            cfg, agent__backend="hf", agent__model_path=sft_ckpt, agent__expert_mode=None,
-            agent__save_alternate_trace=False, agent__trajectory_pairs=True, agent__split="train",
-            agent__resume_from=None), sub(runs)))
-    else:
-        runs, pairs_key, why = "informed", "step_pairs", "the SFT policy made no mistake the expert could correct"
-        timed(runs, lambda: agent_run(variant(
-            cfg, agent__backend="hf", agent__model_path=sft_ckpt, agent__expert_mode="informed",
-            agent__expert="ground_truth", agent__save_alternate_trace=True, agent__trajectory_pairs=False,
-            agent__mask_suboptimal_traces=False, agent__split="train", agent__resume_from=None), sub(runs)))
-    paired = results[runs]
-    if not paired.get(pairs_key):
-        log.warning("%s: no %s, skipping DPO", why, pairs_key)
-        results["dpo"], dpo_ckpt = {"skipped": f"no {pairs_key.replace('_', ' ')}"}, sft_ckpt
-    else:
-        timed("dpo", lambda: STAGES.get("dpo")(variant(
-            cfg, data__train_path=str(sub(runs).path("preferences", f"{pairs_key}.jsonl")),
-            data__negatives_source="synthetic", dpo__policy_from=sft_ckpt), ctx))
-    timed("after", lambda: agent_run(variant(cfg, agent__model_path=dpo_ckpt, **no_expert), sub("eval_dpo")))
-    keys = ("n", "success_rate", "avg_steps", "valid_call_rate", "policy_violations", "by_scenario",
-            "by_tool_availability")
-    summary = {"before_dpo": {k: results["before"][k] for k in keys}, "after_dpo": {k: results["after"][k] for k in keys},
+    loop = _Loop(cfg, ctx)
+    sft_ckpt = str(ctx.path("checkpoints", "sft"))
+    nat = cfg.data.negatives == "nat"
+    if cfg.evaluate.base:
+        loop.evaluate("base", "eval_base", None)
+    loop.agent("expert", "expert", agent__backend="expert", agent__expert_mode="ground_truth",
+               agent__save_alternate_trace=False, agent__split="train", agent__resume_from=None, agent__num_samples=1,
+               agent__trajectory_pairs=False, agent__mask_suboptimal_traces=False)
+    loop.timed("sft", lambda: STAGES.get("sft")(variant(
+        cfg, data__train_path=str(loop.sub("expert").path("sft", f"{cfg.agent.sft_rows}.jsonl")), sft__init_from=None,
+        data__negatives="standard"), ctx))
+    before = loop.evaluate("before", "eval_sft", sft_ckpt)
+    runs, why = _granularity_runs(cfg)
+    policy, rounds, paired = sft_ckpt, [], {}
+    for k in range(1, (1 if nat else cfg.dpo.rounds) + 1):
+        tag = "" if k == 1 else f"_r{k}"
+        paired, pairs_path = loop.pairs(runs + tag, policy)
+        if not pairs_path:
+            log.warning("round %d: %s; stopping", k, why)
+            loop.results.setdefault("dpo", {"skipped": why})
+            break
+        if nat:
+            policy = loop.nat(pairs_path)
+            after = loop.evaluate("after", "eval_dpo", policy, tag=cfg.nat.positive_tag)
+        else:
+            policy = loop.dpo("dpo" + tag, pairs_path, policy, ctx if k == 1 else loop.sub(f"round{k}"))
+            after = loop.evaluate("after" + tag, "eval_dpo" + tag, policy)
+        rounds.append({"round": k, "pairs": paired.get("trajectory_pairs" if runs == "sampled" else "step_pairs"),
+                       **_brief(after)})
+        log.info("round %d: test success %.3f (after SFT %.3f)", k, after["success_rate"], before["success_rate"])
+    if not rounds:  # no pairs at all: the final policy is the SFT policy
+        loop.evaluate("after", "eval_dpo", policy)
+    results, last = loop.results, loop.results["after" + ("" if len(rounds) < 2 else f"_r{len(rounds)}")]
+    summary = {"before_dpo": {k: before[k] for k in SUMMARY_KEYS}, "after_dpo": {k: last[k] for k in SUMMARY_KEYS},
                "expert": {"n": results["expert"]["n"], "success_rate": results["expert"]["success_rate"],
                           "sft_step_rows": results["expert"]["sft_step_rows"]},
-               "preference_granularity": cfg.agent.preference_granularity,
-               runs: {k: paired.get(k) for k in ("n", "success_rate", "expert_step_fraction", pairs_key)},
-               "sft": results["sft"], "dpo": results["dpo"], "timings": timings,
-               "objective": results["after"]["success_rate"]}
+               "method": "nat" if nat else cfg.loss.name, "preference_granularity": cfg.agent.preference_granularity,
+               runs: {k: paired.get(k) for k in ("n", "success_rate", "expert_step_fraction",
+                                                 "trajectory_pairs" if runs == "sampled" else "step_pairs")},
+               "rounds": rounds, "sft": results["sft"], "dpo": results.get("nat_sft" if nat else "dpo"),
+               "timings": loop.timings, "objective": last["success_rate"]}
+    if "base" in results:
+        summary["base"] = {k: results["base"][k] for k in SUMMARY_KEYS}
     if ctx.is_main:
         write_json(ctx.path("agentic_summary.json"), summary)
     mark_finished(ctx, "agent_pipeline", summary)
-    log.info("test success without expert: %.3f after SFT, %.3f after DPO", results["before"]["success_rate"],
-             results["after"]["success_rate"])
+    log.info("test success without expert: %s%.3f after SFT, %.3f after %s", 
+             f"{results['base']['success_rate']:.3f} base, " if "base" in results else "", before["success_rate"],
+             last["success_rate"], summary["method"])
     return summary

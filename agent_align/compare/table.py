@@ -25,6 +25,7 @@ class Run:
     swept: dict[str, str] = field(default_factory=dict)
     summary: dict | None = None
     problem: str = ""  # why the run has no row (no summary.json yet, job failed...)
+    agentic: dict | None = None  # its agentic_summary.json (stage=agent_pipeline; rows in agent_table)
 
 
 def load_summary(run_dir: Path) -> tuple[dict | None, str]:

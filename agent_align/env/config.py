@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from agent_align.env.masking import MASKED_LOSSES
+from agent_align.env.masking import MASKED_LOSSES, STEP_LOSSES
 from agent_align.errors import config_error
 
 
@@ -73,15 +73,25 @@ class AgentConfig:
     # agent_pipeline's DPO data (seed 003): step (branching points of the informed-expert run) | trajectory
     # (success vs failure of the same task from num_samples samples of the SFT policy; costs num_samples rollouts)
     preference_granularity: str = "step"
+    # agent_pipeline's SFT rows: steps (one trained turn per row, the history as prompt) | trajectories (one
+    # row per expert episode, every assistant turn trained, observations masked: the same turns, ~2.3x fewer tokens)
+    sft_rows: str = "steps"
+    # step pairs: for each premature FINAL the policy gave (rejected wrong_final, the expert called a tool),
+    # add a pair from a success of the same task: its correct FINAL over repeating its last call
+    final_anchors: bool = False
     max_pairs_per_task: int = 4
     judge: str = "match"  # match (normalised answer) | openai | hf (an LLM judge through that backend)
     judge_model_path: Optional[str] = None  # judge=hf: its checkpoint (null -> model.*)
+    # text added to the task's user message in every prompt a model agent sees (NAT-trained policies are
+    # prompted with nat.positive_tag; agent_pipeline sets it for them); placement: nat.placement
+    prompt_tag: Optional[str] = None
     resume_from: Optional[str] = None  # a run dir: its finished trajectories are kept, the rest are run
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
 
 
 EXPERT_MODES = (None, "ground_truth", "random", "informed")
 GRANULARITIES = ("step", "trajectory")
+SFT_ROWS = ("steps", "trajectories")
 
 
 def expert_mode(agent_cfg) -> Optional[str]:
@@ -106,7 +116,8 @@ def check_agent_config(cfg) -> None:
                               ("agent.backend", a.backend, tuple(BACKENDS.names())),
                               ("agent.expert", a.expert, tuple(EXPERTS)),
                               ("agent.judge", a.judge, tuple(JUDGES)),
-                              ("agent.preference_granularity", a.preference_granularity, GRANULARITIES)):
+                              ("agent.preference_granularity", a.preference_granularity, GRANULARITIES),
+                              ("agent.sft_rows", a.sft_rows, SFT_ROWS)):
         if value not in valid:
             raise config_error(key, value, f"valid values: {', '.join(str(v) for v in valid)}")
     for key, value, low in (("env.horizon", e.horizon, 1), ("env.top_k", e.top_k, 1), ("env.n_tasks", e.n_tasks, 1),
@@ -132,6 +143,9 @@ def check_agent_config(cfg) -> None:
     if a.num_samples > 1 and a.temperature == 0 and a.backend in ("hf", "openai"):
         raise config_error("agent.num_samples", a.num_samples, "greedy decoding repeats the same episode; "
                            "set agent.temperature > 0 (e.g. 0.8)")
+    if cfg.get("stage") == "agent_pipeline" and cfg.data.negatives == "nat" and cfg.dpo.rounds > 1:
+        raise config_error("dpo.rounds", cfg.dpo.rounds, "data.negatives=nat replaces DPO with one tagged SFT; "
+                           "set dpo.rounds=1 (or data.negatives=standard for DPO rounds)")
     trajectory = a.trajectory_pairs or a.preference_granularity == "trajectory"
     if trajectory and a.num_samples < 2 and not a.pair_runs:
         raise config_error("agent.num_samples", a.num_samples, "trajectory pairs need a success and a failure of the "
@@ -140,6 +154,21 @@ def check_agent_config(cfg) -> None:
     if a.mask_suboptimal_traces and not trajectory:
         raise config_error("agent.mask_suboptimal_traces", True, "it masks steps of trajectory pairs only: set "
                            "agent.preference_granularity=trajectory (agent_pipeline) or agent.trajectory_pairs=true")
-    if cfg.get("stage") == "agent_pipeline" and cfg.loss.name not in MASKED_LOSSES:
-        raise config_error("loss.name", cfg.loss.name, "agent_pipeline's pairs are multi-message completions, which "
-                           f"train with loss={'|'.join(MASKED_LOSSES)} (observations masked)")
+    if cfg.get("stage") == "agent_pipeline":
+        check_pipeline_loss(cfg)
+
+
+def check_pipeline_loss(cfg) -> None:
+    """agent_pipeline's pairs are message lists: the masked losses take either granularity; the step-level
+    ones need trajectory pairs, since an informed step pair has one turn per side (plain DPO)."""
+    name, a = cfg.loss.name, cfg.agent
+    if name not in MASKED_LOSSES + STEP_LOSSES:
+        raise config_error("loss.name", name, "agent_pipeline's pairs are multi-message completions, which train "
+                           f"with loss={'|'.join(MASKED_LOSSES + STEP_LOSSES)} (observations masked)")
+    if name in STEP_LOSSES and a.preference_granularity != "trajectory":
+        raise config_error("loss.name", name, f"informed step pairs have one turn per side, where loss={name} is plain "
+                           "DPO: set agent.preference_granularity=trajectory (with agent.num_samples=4 "
+                           "agent.temperature=0.8), or use loss=dpo|ipo|rpo")
+    if name == "step_dpo" and cfg.steps.step_dpo_chosen != "step":
+        raise config_error("steps.step_dpo_chosen", cfg.steps.step_dpo_chosen, "on agent trajectories the chosen is "
+                           "one turn at the rejected one's state: use steps.step_dpo_chosen=step")

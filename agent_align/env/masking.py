@@ -23,6 +23,9 @@ from agent_align.errors import UserError
 
 IGNORE = -100
 MASKED_LOSSES = ("dpo", "ipo", "rpo")  # loss names whose DPO trainer reads these masks (agent_align.train.dpo)
+# step-level losses on trajectory pairs, from their per-turn scores: stepwise weights each turn (observations
+# and "train": false turns get 0), step_dpo cuts at the first wrong turn (agent_align.env.preferences)
+STEP_LOSSES = ("stepwise", "step_dpo")
 
 
 def _render(tokenizer, messages: list[dict], tools, generation_prompt: bool = False) -> str:

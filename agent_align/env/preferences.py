@@ -3,17 +3,21 @@
   SFT          {"messages": [...], "tools": [...]}                     (successful trajectories)
   SFT per step {"prompt": [history], "chosen": "reply", "tools": [...]} (the same, one trained turn per row)
   step pairs   {"prompt": [history], "chosen": [expert turn], "rejected": [agent turn], "tools": [...]}
-  trajectory   {"prompt": [system, user], "chosen": [turns of a success], "rejected": [turns of a failure], ...}
+  trajectory   {"prompt": [system, user], "chosen": [turns of a success], "rejected": [turns of a failure],
+                "chosen_scores": [1|0 per assistant turn], "rejected_scores": [...], "continuations": [...], ...}
 
 Assistant messages carry ``"train": true|false``; ``agent_align.env.masking`` turns that, and the
-rule that tool observations are never trained on, into a loss mask. Extra keys (``sample_id``,
-categories, ...) are metadata for analysis.
+rule that tool observations are never trained on, into a loss mask. Trajectory pairs also carry the
+environment's own per-turn scores (``turn_scores``) and, for Step-DPO, the policy's own correct turn
+at the failure's first wrong turn (``on_policy_turn``), so ``loss=stepwise|step_dpo`` need no step
+scorer. Extra keys (``sample_id``, categories, ...) are metadata for analysis.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import random
 from collections import defaultdict
 
 from agent_align.env.environment import GOOD
@@ -23,6 +27,41 @@ from agent_align.validation.extract import extract_call
 
 def _step_ok(step: dict) -> bool:
     return step["category"] in GOOD and step["progress"]
+
+
+def turn_scores(record: dict) -> list[float]:
+    """One score per assistant turn of an episode, from the environment: 1 when the step's category is good
+    and it made progress (the turns ``mask_suboptimal_traces`` trains on the chosen side), else 0."""
+    return [1.0 if _step_ok(s) else 0.0 for s in record["steps"]]
+
+
+def _turn_positions(messages: list[dict]) -> list[int]:
+    return [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+
+
+def same_history(a: list[dict], b: list[dict]) -> bool:
+    """The same turns and observations, whatever their ``train`` marks (the two sides of a pair mark them
+    differently)."""
+    return [(m["role"], m.get("content")) for m in a] == [(m["role"], m.get("content")) for m in b]
+
+
+def on_policy_turn(failure: dict, successes: list[dict]) -> dict | None:
+    """Step-DPO's chosen turn from the policy itself (agent_align.steps.pairs reads it as a continuation):
+    the next turn of the first success whose history equals the failure's up to its first wrong turn.
+    The same turns give the same observations (the environment is deterministic), so that turn was taken
+    in the very state the wrong one was. The turn must be the agent's own (not an expert's) and good.
+    None when the failure has no wrong turn or no success shares its state."""
+    k = next((i for i, s in enumerate(failure["steps"]) if not _step_ok(s)), None)
+    if k is None:
+        return None
+    cut = _turn_positions(failure["messages"])[k]
+    for s in successes:
+        turns = _turn_positions(s["messages"])
+        if len(turns) > k and turns[k] == cut and s["steps"][k]["actor"] == "agent" and _step_ok(s["steps"][k]) \
+                and same_history(s["messages"][:cut], failure["messages"][:cut]):
+            return {"text": [{"role": "assistant", "content": s["messages"][cut]["content"]}], "scores": [1.0],
+                    "step_index": k, "source": "on_policy", "sample_id": s["sample_id"]}
+    return None
 
 
 def annotated(messages: list[dict], steps: list[dict], keep) -> list[dict]:
@@ -79,13 +118,75 @@ def step_pairs(records: list[dict], fmt: str = "json") -> list[dict]:
     return rows
 
 
-def trajectory_pairs(records: list[dict], mask_suboptimal: bool, max_per_task: int) -> list[dict]:
+def _final_state(record: dict) -> tuple[list[dict], dict, dict] | None:
+    """(history, correct FINAL turn, the last successful call before it) of a successful episode."""
+    turns = _turn_positions(record["messages"])
+    if not record["success"] or record["steps"][-1]["category"] != "correct_final":
+        return None
+    calls = [turns[k] for k, s in enumerate(record["steps"][:-1]) if s["category"] == "correct"]
+    if not calls:
+        return None
+    msgs = record["messages"]
+    return msgs[:turns[-1]], msgs[turns[-1]], msgs[calls[-1]]
+
+
+def with_final_anchors(records: list[dict], rows: list[dict], fmt: str = "json") -> list[dict]:
+    """``rows`` (step pairs) with an anchor pair right after each one whose rejected turn is a premature
+    FINAL (``wrong_final`` where the expert would have called a tool): in a successful episode of the same
+    task, at the state where its correct FINAL was given, chosen = that FINAL, rejected = repeating its
+    last successful call (what the environment scores ``redundant``). Without them DPO learns the shortcut
+    "FINAL is bad" from the premature FINALs and the policy stops answering (measured in
+    docs/agent_env.md); the anchors keep the lesson to "not yet". Interleaved, so that ``dpo.max_pairs``
+    (the first pairs of the file) keeps the balance."""
+    finals = defaultdict(list)
+    for r in records:
+        state = _final_state(r)
+        if state is not None:
+            finals[r["task_id"]].append((r, state))
+    out, used = [], defaultdict(int)
+    for row in rows:
+        out.append(row)
+        options = finals.get(row["task_id"])
+        if row["rejected_category"] != "wrong_final" or row["chosen_category"] == "correct_final" or not options:
+            continue
+        r, (history, final, before) = options[used[row["task_id"]] % len(options)]
+        used[row["task_id"]] += 1
+        out.append({**{k: row[k] for k in ("tools", "task_id", "scenario", "tool_availability")},
+                    "schema": _chosen_schema(row["tools"], final["content"], fmt),
+                    "prompt": [{"role": m["role"], "content": m["content"]} for m in history],
+                    "chosen": [{"role": "assistant", "content": final["content"]}],
+                    "rejected": [{"role": "assistant", "content": before["content"]}],
+                    "granularity": "step", "sample_id": r["sample_id"], "step": len(r["steps"]) - 1,
+                    "taken_by": "anchor", "chosen_category": "correct_final", "rejected_category": "redundant"})
+    return out
+
+
+def shuffled(rows: list[dict], seed) -> list[dict]:
+    """``rows`` in a seeded random order, each anchor kept right after its pair. The dpo stage's
+    ``dpo.max_pairs`` takes the first pairs of a file; in episode order those would be the first tasks'."""
+    units: list[list[dict]] = []
+    for r in rows:
+        if r.get("taken_by") == "anchor" and units:
+            units[-1].append(r)
+        else:
+            units.append([r])
+    random.Random(f"pairs-{seed}").shuffle(units)
+    return [r for unit in units for r in unit]
+
+
+def trajectory_pairs(records: list[dict], mask_suboptimal: bool, max_per_task: int,
+                     others: list[dict] = ()) -> list[dict]:
     """Success vs failure of the same task (same prompt and tools: several samples or agents). With
     ``mask_suboptimal``, the chosen side trains only on steps that made progress and the rejected side
     only on steps that did not, so a shared good step is neither pushed up nor down; pairs whose
-    rejected side has nothing left to train on are dropped."""
+    rejected side has nothing left to train on are dropped.
+
+    ``others`` (other runs' episodes, ``agent.pair_runs``) pair like ``records`` but never supply the
+    on-policy turn: only ``records`` are the policy's own samples. Each row carries ``chosen_scores`` /
+    ``rejected_scores`` (``turn_scores``) and, when one exists, ``continuations``: ``[on_policy_turn]``."""
+    own = {id(r) for r in records}
     groups = defaultdict(list)
-    for r in records:
+    for r in [*records, *others]:
         groups[(r["task_id"], repr(r["messages"][:2]), repr(r["tools"]))].append(r)
     rows = []
     for (task_id, _, _), recs in groups.items():
@@ -100,10 +201,15 @@ def trajectory_pairs(records: list[dict], mask_suboptimal: bool, max_per_task: i
                                  else lambda s: True)[2:]
             if not any(m.get("train") for m in rejected if m["role"] == "assistant"):
                 continue
-            rows.append({"prompt": copy.deepcopy(w["messages"][:2]), "chosen": chosen, "rejected": rejected,
-                         "tools": w["tools"], "granularity": "trajectory", "task_id": task_id,
-                         "chosen_sample_id": w["sample_id"], "rejected_sample_id": l["sample_id"],
-                         "mask_suboptimal_traces": mask_suboptimal, "scenario": w["scenario"],
-                         "tool_availability": w["tool_availability"]})
+            row = {"prompt": copy.deepcopy(w["messages"][:2]), "chosen": chosen, "rejected": rejected,
+                   "tools": w["tools"], "granularity": "trajectory", "task_id": task_id,
+                   "chosen_sample_id": w["sample_id"], "rejected_sample_id": l["sample_id"],
+                   "mask_suboptimal_traces": mask_suboptimal, "scenario": w["scenario"],
+                   "tool_availability": w["tool_availability"],
+                   "chosen_scores": turn_scores(w), "rejected_scores": turn_scores(l)}
+            turn = on_policy_turn(l, [s for s in [w, *wins] if id(s) in own])  # this pair's own success first
+            if turn is not None:
+                row["continuations"] = [turn]
+            rows.append(row)
             made += 1
     return rows

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from agent_align.env.config import expert_mode
 from agent_align.env.environment import STEP_CATEGORIES, OrgEnv
-from agent_align.env.preferences import sft_rows, sft_step_rows, step_pairs, trajectory_pairs
+from agent_align.env.preferences import (shuffled, sft_rows, sft_step_rows, step_pairs, trajectory_pairs,
+                                         with_final_anchors)
 from agent_align.env.tasks import select_split
 from agent_align.errors import config_error, file_error
 from agent_align.jsonl import write_json, write_jsonl
@@ -128,14 +129,16 @@ def run(cfg, ctx: RunContext) -> dict:
         summary["sft_rows"] = write_jsonl(ctx.path("sft", "trajectories.jsonl"), sft_rows(records))
         summary["sft_step_rows"] = write_jsonl(ctx.path("sft", "steps.jsonl"), sft_step_rows(records))
         if a.save_alternate_trace:
-            summary["step_pairs"] = write_jsonl(ctx.path("preferences", "step_pairs.jsonl"),
-                                                 step_pairs(records, cfg.data.format))
+            rows = step_pairs(records, cfg.data.format)
+            if a.final_anchors:
+                rows = with_final_anchors(records, rows, cfg.data.format)
+            summary["step_pairs"] = write_jsonl(ctx.path("preferences", "step_pairs.jsonl"), shuffled(rows, cfg.seed))
+            summary["final_anchors"] = sum(r["taken_by"] == "anchor" for r in rows)
         if a.trajectory_pairs:
-            pool = list(records)
-            for other in a.pair_runs:
-                pool += list(read_trajectories(other, "agent.pair_runs").values())
-            rows = trajectory_pairs(pool, a.mask_suboptimal_traces, a.max_pairs_per_task)
-            summary["trajectory_pairs"] = write_jsonl(ctx.path("preferences", "trajectory_pairs.jsonl"), rows)
+            others = [r for other in a.pair_runs for r in read_trajectories(other, "agent.pair_runs").values()]
+            rows = trajectory_pairs(records, a.mask_suboptimal_traces, a.max_pairs_per_task, others)
+            summary["trajectory_pairs"] = write_jsonl(ctx.path("preferences", "trajectory_pairs.jsonl"),
+                                                       shuffled(rows, cfg.seed))
         write_json(ctx.path("agent_summary.json"), summary)
     log.info("success %.3f over %d episodes (avg %.2f steps, valid calls %.3f, %d policy violations); %s",
              summary["success_rate"], summary["n"], summary["avg_steps"], summary["valid_call_rate"],

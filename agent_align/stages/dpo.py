@@ -10,6 +10,8 @@ round before training (no reference model held) and cached with the round's data
 Rows whose ``chosen``/``rejected`` are lists of messages (agent trajectories and step pairs,
 agent_align.env.preferences) train only on their assistant turns: tool observations and turns marked
 ``"train": false`` are masked out of the policy's and the reference's log-probs (agent_align.train.dpo).
+On trajectory pairs, ``loss=stepwise`` weights each turn by the environment's per-turn scores and
+``loss=step_dpo`` cuts each failure at its first wrong turn (docs/step_level.md, "On agent trajectories").
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import json
 import logging
 import shutil
 import random
+from collections import Counter
 from pathlib import Path
 
-from agent_align.env.masking import MASKED_LOSSES
+from agent_align.env.masking import MASKED_LOSSES, STEP_LOSSES
 from agent_align.errors import UserError, config_error, file_error
 from agent_align.jsonl import read_jsonl, write_jsonl
 from agent_align.stages.context import RunContext, checkpoint_files, finished, mark_finished
@@ -45,15 +48,38 @@ def check_pair_rows(cfg, rows: list[dict], path) -> None:
         if not conv and "schema" not in r:
             raise file_error(path, r["_line"], "missing key(s) ['schema']",
                              "every row needs ['prompt', 'chosen', 'rejected', 'schema']")
-    if conv and cfg.loss.name not in MASKED_LOSSES:
+    if conv and cfg.loss.name not in MASKED_LOSSES + STEP_LOSSES:
         raise config_error("loss.name", cfg.loss.name, f"{path} holds multi-message completions (agent pairs); "
-                           f"they train with loss={'|'.join(MASKED_LOSSES)}")
+                           f"they train with loss={'|'.join(MASKED_LOSSES + STEP_LOSSES)}")
+    if conv and cfg.loss.name in STEP_LOSSES:
+        check_step_loss_rows(cfg, rows, path)
     if conv and cfg.data.negatives_source != "synthetic":
         raise config_error("data.negatives_source", cfg.data.negatives_source, f"{path} holds agent pairs, whose "
                            "rejected side is in the file; set data.negatives_source=synthetic")
     if conv and cfg.data.negatives == "nat":
         raise config_error("data.negatives", "nat", "negative-aware tags apply to single-turn prompts, not agent pairs; "
                            "use data.negatives=standard")
+
+
+def _assistant_turns(completion: list[dict]) -> int:
+    return sum(m["role"] == "assistant" for m in completion)
+
+
+def check_step_loss_rows(cfg, rows: list[dict], path) -> None:
+    """Agent pairs under loss=stepwise|step_dpo: some pair must have several turns on a side (with one turn
+    per side both losses are plain DPO), and every pair needs the per-turn scores stage=agent writes."""
+    name = cfg.loss.name
+    if all(_assistant_turns(r["chosen"]) <= 1 and _assistant_turns(r["rejected"]) <= 1 for r in rows):
+        raise config_error("loss.name", name, f"every pair in {path} has one assistant turn per side (informed step "
+                           f"pairs), where loss={name} is plain DPO: use loss=dpo|ipo|rpo, or trajectory pairs "
+                           "(agent.preference_granularity=trajectory)")
+    for r in rows:
+        if r.get("chosen_scores") is None or r.get("rejected_scores") is None:
+            raise file_error(path, r["_line"], f"an agent pair without chosen_scores/rejected_scores, which "
+                             f"loss={name} reads", "stage=agent writes them on trajectory pairs: rebuild the pairs with it")
+    if name == "step_dpo" and cfg.steps.step_dpo_chosen != "step":
+        raise config_error("steps.step_dpo_chosen", cfg.steps.step_dpo_chosen, "on agent trajectories the chosen is "
+                           "one turn at the rejected one's state: use steps.step_dpo_chosen=step")
 
 
 def build_pairs(cfg, ctx, model, tok, enc, rows: list[dict], round_idx: int) -> tuple[list[dict], dict]:
@@ -81,7 +107,9 @@ def build_pairs(cfg, ctx, model, tok, enc, rows: list[dict], round_idx: int) -> 
             score_rows(pairs, scorer, cfg.steps.format, default=cfg.data.format)
             stats["step_dpo_continuations"] = sample_continuations(
                 cfg, model, tok, enc, pairs, scorer, cfg.sample.step_dpo_continuations, seed=cfg.seed + round_idx)
-        pairs = build_step_dpo_pairs(pairs, cfg)
+        counts = Counter()
+        pairs = build_step_dpo_pairs(pairs, cfg, stats=counts)
+        stats["step_dpo"] = dict(sorted(counts.items()))  # pairs, chosen_<source>, skipped_<why>
     if cfg.dpo.max_pairs:
         pairs = pairs[: cfg.dpo.max_pairs]
     stats["pairs_total"] = len(pairs)
@@ -104,7 +132,8 @@ def to_dataset(cfg, ctx, enc, pairs: list[dict], round_idx: int):
     if cfg.loss.name == "stepwise":
         from agent_align.steps.trainer import prepare_stepwise_dataset
 
-        ds = prepare_stepwise_dataset(pairs, enc.tok, system=system, max_length=cfg.model.max_length, cfg=cfg)
+        ds = prepare_stepwise_dataset(pairs, enc.tok, system=system, max_length=cfg.model.max_length, cfg=cfg,
+                                      fmt="trajectory" if isinstance(pairs[0]["chosen"], list) else None)
     elif cfg.loss.name == "step_dpo":  # the correct prefix ends the prompt
         from agent_align.steps.pairs import step_dpo_example
 

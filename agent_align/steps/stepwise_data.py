@@ -4,7 +4,8 @@
 
 A completion's segments (steps and observations, ``agent_align.steps.split``) cover it end to end.
 Each gets a weight: ``w_c,s`` for a chosen step, ``1 - w_r,s`` for a rejected step, 0 for an
-observation. Each completion token takes the weight of the segment it falls in.
+observation and for an assistant turn marked ``"train": false`` (never trained, as in the masked DPO
+path). Each completion token takes the weight of the segment it falls in.
 
 Token boundaries are found without decoding: the completion text cut after segment k is tokenised
 and its common prefix with the full token sequence is where segment k+1 starts, so a BPE merge
@@ -54,6 +55,8 @@ def segment_columns(completion: Any, scores: list[float] | None, fmt: str, side:
     weights = []
     for seg in segments:
         w = next(it) if seg.kind == "step" else None
+        if w is not None and unit == "message" and completion[seg.start].get("train", True) is False:
+            w = None  # the row says never train this turn, whatever its score
         weights.append(0.0 if w is None else (w if side == "chosen" else 1.0 - w))
     return {f"{side}_segment_ends": [s.end for s in segments], f"{side}_segment_weights": weights,
             f"{side}_segment_unit": unit}
@@ -81,8 +84,13 @@ def _encode_side(enc, chat: dict, completion: Any, seg: dict, side: str, where: 
     prompt = enc.prompt_text(chat)
     turns = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
 
-    def render(ts):
-        return tok.apply_chat_template(chat["messages"] + ts, tools=chat.get("tools") or None, tokenize=False)
+    def render(ts, generation_prompt=False):
+        return tok.apply_chat_template(chat["messages"] + ts, tools=chat.get("tools") or None, tokenize=False,
+                                       add_generation_prompt=generation_prompt)
+
+    def render_upto(e):
+        opens_turn = e < len(turns) and turns[e]["role"] == "assistant" and turns[e - 1]["role"] != "assistant"
+        return render(turns[:e], generation_prompt=opens_turn)
     full = render(turns)
     if not full.startswith(prompt):
         raise UserError(f"{where}: the chat template renders the prompt differently with and without the answer; "
@@ -97,8 +105,9 @@ def _encode_side(enc, chat: dict, completion: Any, seg: dict, side: str, where: 
             raise UserError(f"{where}: the chat template changes the {side} text, so its steps cannot be located; "
                             f"use model.chat_template=builtin")
         char_ends = [offset + e for e in ends]
-    else:
-        char_ends = [len(render(turns[:e])) - len(prompt) for e in ends]
+    else:  # an observation's segment ends after the next turn's generation prompt, so an assistant turn's
+        # weight covers its content and end of turn, the tokens the masked DPO path trains (env.masking)
+        char_ends = [len(render_upto(e)) - len(prompt) for e in ends]
     prefixes = [tok(text[:ce], add_special_tokens=False)["input_ids"] for ce in char_ends[:-1]]
     weights = spread(seg[f"{side}_segment_weights"], _starts(ids, 0, prefixes), len(ids))
     room = max(1, enc.max_length - len(enc.prompt_ids(chat)))

@@ -1,0 +1,186 @@
+"""stage=agent_pipeline beyond one DPO round: dpo.rounds (rollouts of the latest policy, new pairs, DPO
+from it, an evaluation after each round), NAT (data.negatives=nat: a tagged SFT instead of DPO, evaluated
+with the positive tag) and the base model's evaluation. Trainers and the local model are replaced, so
+these check the wiring: which checkpoint each run uses, which file each trainer reads, what is reported."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent_align.jsonl import read_jsonl
+from tests.conftest import compose
+
+
+class FakeLoop:
+    """The hf agent and the sft/dpo stages replaced. The agent follows the expert on step 0 and then
+    replies garbage, except for the policies in ``good``, which follow the expert throughout."""
+
+    def __init__(self, monkeypatch, good=()):
+        from agent_align.agents import BACKENDS
+        from agent_align.stages import STAGES
+
+        self.runs, self.sft, self.dpo, self.good, self.prompts = [], [], [], set(good), {}
+        real_get = STAGES.get
+        monkeypatch.setattr(STAGES, "get", lambda n: {"sft": self.fake_sft, "dpo": self.fake_dpo}.get(n) or real_get(n))
+        monkeypatch.setitem(BACKENDS._items, "hf", self.fake_agent)
+
+    def fake_agent(self, c, ctx):
+        from agent_align.agents.llm import LLMAgent
+
+        path = c.agent.model_path
+        self.runs.append((path, c.agent.split, c.agent.expert_mode, c.agent.prompt_tag))
+        loop = self
+
+        class Backend:
+            def complete(self, chats):
+                loop.prompts.setdefault(path, []).extend(ch["messages"][1]["content"] for ch in chats)
+                return [None] * len(chats)
+
+        class Agent(LLMAgent):  # the real prompt building (tag included), a scripted reply
+            def act(self, envs):
+                self.backend.complete([self.chat(e) for e in envs])
+                return [e.render(e.expert_call()) if (not e.steps or path in loop.good) else "oops" for e in envs]
+
+        return Agent(Backend(), c.agent.prompt_tag, c.nat.placement)
+
+    def fake_sft(self, c, ctx):
+        self.sft.append((c.data.train_path, read_jsonl(c.data.train_path, required=("messages", "tools"))))
+        return {"checkpoint": str(ctx.path("checkpoints", "sft"))}
+
+    def fake_dpo(self, c, ctx):
+        self.dpo.append((c.data.train_path, c.dpo.policy_from, c.dpo.rounds))
+        return {"checkpoint": str(ctx.path("checkpoints", "dpo"))}
+
+
+def pipeline(tmp_path, *overrides):
+    from agent_align.agents.pipeline import run
+    from agent_align.checks import check_config
+    from agent_align.stages.context import RunContext
+
+    cfg = compose([f"run_dir={tmp_path}", "+experiment=agentic_sft_dpo", "env.n_tasks=24", "agent.limit=6",
+                   *overrides])
+    check_config(cfg)
+    return run(cfg, RunContext(run_dir=tmp_path))
+
+
+def test_rounds_chain_policies_and_report_success_after_each(tmp_path, monkeypatch):
+    sft, r1 = str(tmp_path / "checkpoints" / "sft"), str(tmp_path / "checkpoints" / "dpo")
+    r2 = str(tmp_path / "agentic" / "round2" / "checkpoints" / "dpo")
+    fake = FakeLoop(monkeypatch, good={r2})
+    summary = pipeline(tmp_path, "dpo.rounds=2", "evaluate.base=false")
+    assert fake.runs == [(sft, "test", None, None), (sft, "train", "informed", None), (r1, "test", None, None),
+                         (r1, "train", "informed", None), (r2, "test", None, None)]
+    assert fake.dpo == [(str(tmp_path / "agentic" / "informed" / "preferences" / "step_pairs.jsonl"), sft, 1),
+                        (str(tmp_path / "agentic" / "informed_r2" / "preferences" / "step_pairs.jsonl"), r1, 1)]
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and all(r["pairs"] > 0 for r in rounds)
+    assert rounds[1]["success_rate"] > rounds[0]["success_rate"]  # only round 2's policy follows the expert
+    assert summary["after_dpo"]["success_rate"] == rounds[1]["success_rate"] == 1.0
+    assert (tmp_path / "agentic" / "eval_dpo_r2" / "agent_summary.json").exists() and "base" not in summary
+    assert set(summary["timings"]) >= {"informed", "dpo", "after", "informed_r2", "dpo_r2", "after_r2"}
+
+
+def test_nat_trains_tagged_rows_from_the_base_and_evaluates_with_the_positive_tag(tmp_path, monkeypatch):
+    nat_ckpt = str(tmp_path / "agentic" / "nat" / "checkpoints" / "sft")
+    fake = FakeLoop(monkeypatch)
+    summary = pipeline(tmp_path, "data.negatives=nat", "evaluate.base=false")
+    assert not fake.dpo and len(fake.sft) == 2
+    nat_path, rows = fake.sft[1]
+    assert nat_path == str(tmp_path / "agentic" / "nat" / "data" / "nat_sft.jsonl")
+    pos = [r for r in rows if r["nat_tag"] == "positive"]
+    neg = [r for r in rows if r["nat_tag"] == "negative"]
+    assert len(pos) == len(fake.sft[0][1]) and neg
+    first_user = lambda r: next(m["content"] for m in r["messages"] if m["role"] == "user")  # noqa: E731
+    assert all(first_user(r).startswith("[Correct] ") for r in pos)
+    assert all(first_user(r).startswith("[Incorrect] ") for r in neg)
+    for r in neg:  # only the policy's mistake (the last turn) is trained; earlier turns are context
+        trained = [m.get("train") for m in r["messages"] if m["role"] == "assistant"]
+        assert trained[-1] is True and not any(trained[:-1]) and r["messages"][-1]["content"] == "oops"
+    assert fake.runs[-1] == (nat_ckpt, "test", None, "[Correct]")
+    assert all(p.startswith("[Correct] ") for p in fake.prompts[nat_ckpt])
+    assert not any(p.startswith("[") for p in fake.prompts[str(tmp_path / "checkpoints" / "sft")])
+    assert summary["method"] == "nat" and summary["rounds"][0]["round"] == 1
+
+
+def test_base_model_is_evaluated_first_when_evaluate_base(tmp_path, monkeypatch):
+    fake = FakeLoop(monkeypatch)
+    summary = pipeline(tmp_path)
+    assert fake.runs[0] == (None, "test", None, None)
+    assert summary["base"]["n"] == 6 and (tmp_path / "agentic" / "eval_base" / "agent_summary.json").exists()
+    assert json.loads((tmp_path / "agentic_summary.json").read_text())["base"] == summary["base"]
+
+
+@pytest.mark.parametrize("placement,expect", [("prefix", "[OK] What"), ("suffix", "? [OK]")])
+def test_prompt_tag_is_put_on_the_task_message(placement, expect):
+    from agent_align.agents.llm import LLMAgent
+
+    class Env:
+        sample_index = 0
+
+        def chat(self):
+            return {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "What?"}], "tools": []}
+
+    chat = LLMAgent(None, "[OK]", placement).chat(Env())
+    assert expect in chat["messages"][1]["content"] and chat["messages"][0]["content"] == "s"
+    assert LLMAgent(None).chat(Env())["messages"][1]["content"] == "What?"
+
+
+def test_nat_with_dpo_rounds_fails_at_start_naming_the_key(tmp_path):
+    from tests.conftest import run_cli
+
+    out = run_cli([f"run_dir={tmp_path}", "+experiment=agentic_sft_dpo", "data.negatives=nat", "dpo.rounds=2"])
+    assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("error: config key 'dpo.rounds' = 2")
+    assert not (tmp_path / "agentic").exists()
+
+
+def test_final_anchors_balance_premature_finals_with_the_correct_final_of_a_success(tmp_path):
+    """Each step pair whose rejected turn is a premature FINAL gets an anchor from a success of the same
+    task: at the state of its correct FINAL, that FINAL over repeating its last successful call."""
+    from agent_align.__main__ import run
+
+    summary = run(compose([f"run_dir={tmp_path}", "stage=agent", "agent.backend=random", "agent.expert_mode=informed",
+                           "agent.save_alternate_trace=true", "agent.final_anchors=true", "agent.split=train",
+                           "agent.limit=40", "agent.expert_assist_init_limit=1", "agent.expert_assist_recent_limit=-1",
+                           "agent.num_samples=2", "env.horizon=6"]))
+    rows = read_jsonl(tmp_path / "preferences" / "step_pairs.jsonl")
+    anchors = [r for r in rows if r["taken_by"] == "anchor"]
+    premature = [r for r in rows if r["taken_by"] != "anchor" and r["rejected_category"] == "wrong_final"
+                 and r["chosen_category"] != "correct_final"]
+    episodes = [json.loads(p.read_text()) for p in (tmp_path / "trajectories").glob("*.json")]
+    won = {e["task_id"] for e in episodes if e["success"] and any(s["category"] == "correct" for s in e["steps"])}
+    assert premature and anchors and summary["final_anchors"] == len(anchors)
+    for i, r in enumerate(rows):  # interleaved: an anchor follows the premature FINAL it balances
+        if r["taken_by"] == "anchor":
+            assert rows[i - 1] in premature and rows[i - 1]["task_id"] == r["task_id"]
+    assert len(anchors) == sum(r["task_id"] in won for r in premature)
+    for a in anchors:
+        final, repeat = json.loads(a["chosen"][0]["content"]), json.loads(a["rejected"][0]["content"])
+        task = next(e["task"] for e in episodes if e["task_id"] == a["task_id"])
+        assert final["tool"] == "FINAL" and final["parameters"]["answer"] == task["answer"]
+        episode = next(e for e in episodes if e["sample_id"] == a["sample_id"])
+        good = [s["action"] for s in episode["steps"] if s["category"] == "correct"]
+        assert a["prompt"][-1]["role"] == "tool" and a["rejected"][0]["content"] == good[-1]
+        assert repeat["tool"] != "FINAL" and a["schema"] is not None
+    off = run(compose([f"run_dir={tmp_path / 'off'}", "stage=agent", "agent.backend=random", "agent.expert_mode=informed",
+                       "agent.save_alternate_trace=true", "agent.split=train", "agent.limit=40",
+                       "agent.expert_assist_init_limit=1", "agent.expert_assist_recent_limit=-1", "agent.num_samples=2",
+                       "env.horizon=6"]))
+    assert off["final_anchors"] == 0 and off["step_pairs"] == len(rows) - len(anchors)
+
+
+def test_pair_files_are_shuffled_with_anchors_kept_after_their_pair():
+    from agent_align.env.preferences import shuffled
+
+    rows = []
+    for i in range(40):
+        rows.append({"id": i, "taken_by": "agent"})
+        if i % 3 == 0:
+            rows.append({"id": f"{i}a", "taken_by": "anchor"})
+    out = shuffled(rows, 0)
+    assert sorted(map(str, (r["id"] for r in out))) == sorted(map(str, (r["id"] for r in rows)))
+    assert [r["id"] for r in out] != [r["id"] for r in rows] and out == shuffled(rows, 0) != shuffled(rows, 1)
+    for i, r in enumerate(out):
+        if r["taken_by"] == "anchor":
+            assert f"{out[i - 1]['id']}a" == r["id"]
