@@ -70,3 +70,15 @@ def cfg_factory(tmp_path):
         cfg = compose([f"run_dir={tmp_path}", *overrides])
         return cfg
     return make
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The embedded tiny model at the MICRO size (built once per test session) and its tokenizer:
+    (path, model, tokenizer)."""
+    from agent_align.models import load_model_and_tokenizer, resolve_model_path
+
+    cfg = compose(MICRO)
+    path = resolve_model_path(cfg)
+    model, tok = load_model_and_tokenizer(cfg, path)
+    return path, model, tok

@@ -59,16 +59,6 @@ def by_ids(rows, chosen: str, rejected: str) -> dict:
     return r
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from agent_align.models import load_model_and_tokenizer, resolve_model_path
-
-    cfg = compose(MICRO)
-    path = resolve_model_path(cfg)
-    model, tok = load_model_and_tokenizer(cfg, path)
-    return path, model, tok
-
-
 # -- the pair rows --------------------------------------------------------------------------------------
 def test_pair_scores_are_the_environment_categories(records):
     from agent_align.env.environment import GOOD

@@ -32,17 +32,6 @@ def obs(text: str) -> dict:
 FINAL = {"role": "assistant", "content": '{"tool": "FINAL", "parameters": {"answer": "Japan"}}'}
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    """The embedded tiny model at the MICRO size (built once per test session) and its tokenizer."""
-    from agent_align.models import load_model_and_tokenizer, resolve_model_path
-
-    cfg = compose(MICRO)
-    path = resolve_model_path(cfg)
-    model, tok = load_model_and_tokenizer(cfg, path)
-    return path, model, tok
-
-
 def make_trainer(tmp_path, tiny, rows, *, loss_type=("sigmoid",), precompute=True, ref=False, **extra):
     from trl import DPOConfig
 

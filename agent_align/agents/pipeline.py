@@ -87,12 +87,11 @@ class _Loop:
                       agent__resume_from=None, agent__prompt_tag=None, agent__save_alternate_trace=False)
         if cfg.agent.preference_granularity == "trajectory":  # the policy's own successes vs its own failures
             result = self.agent(name, name, **{**common, "agent__trajectory_pairs": True})
-            key = "trajectory_pairs"
         else:
             result = self.agent(name, name, **{**common, "agent__expert_mode": "informed", "agent__expert": "ground_truth",
                                                "agent__save_alternate_trace": True, "agent__trajectory_pairs": False,
                                                "agent__mask_suboptimal_traces": False})
-            key = "step_pairs"
+        key = _granularity_runs(cfg)[1]
         return result, str(self.sub(name).path("preferences", f"{key}.jsonl")) if result.get(key) else ""
 
     def dpo(self, name: str, pairs_path: str, policy: str, ctx: RunContext) -> str:
@@ -116,10 +115,11 @@ class _Loop:
         return result["checkpoint"]
 
 
-def _granularity_runs(cfg) -> tuple[str, str]:
+def _granularity_runs(cfg) -> tuple[str, str, str]:
+    """(rollout run name, pairs key of its summary, why there can be no pairs)."""
     if cfg.agent.preference_granularity == "trajectory":
-        return "sampled", "no train task had both a success and a failure"
-    return "informed", "the policy made no mistake the expert could correct"
+        return "sampled", "trajectory_pairs", "no train task had both a success and a failure"
+    return "informed", "step_pairs", "the policy made no mistake the expert could correct"
 
 
 def _brief(result: dict) -> dict:
@@ -142,7 +142,7 @@ def run(cfg, ctx: RunContext) -> dict:
         cfg, data__train_path=str(loop.sub("expert").path("sft", f"{cfg.agent.sft_rows}.jsonl")), sft__init_from=None,
         data__negatives="standard"), ctx))
     before = loop.evaluate("before", "eval_sft", sft_ckpt)
-    runs, why = _granularity_runs(cfg)
+    runs, pairs_key, why = _granularity_runs(cfg)
     policy, rounds, paired = sft_ckpt, [], {}
     for k in range(1, (1 if nat else cfg.dpo.rounds) + 1):
         tag = "" if k == 1 else f"_r{k}"
@@ -157,8 +157,7 @@ def run(cfg, ctx: RunContext) -> dict:
         else:
             policy = loop.dpo("dpo" + tag, pairs_path, policy, ctx if k == 1 else loop.sub(f"round{k}"))
             after = loop.evaluate("after" + tag, "eval_dpo" + tag, policy)
-        rounds.append({"round": k, "pairs": paired.get("trajectory_pairs" if runs == "sampled" else "step_pairs"),
-                       **_brief(after)})
+        rounds.append({"round": k, "pairs": paired.get(pairs_key), **_brief(after)})
         log.info("round %d: test success %.3f (after SFT %.3f)", k, after["success_rate"], before["success_rate"])
     if not rounds:  # no pairs at all: the final policy is the SFT policy
         loop.evaluate("after", "eval_dpo", policy)
@@ -167,8 +166,7 @@ def run(cfg, ctx: RunContext) -> dict:
                "expert": {"n": results["expert"]["n"], "success_rate": results["expert"]["success_rate"],
                           "sft_step_rows": results["expert"]["sft_step_rows"]},
                "method": "nat" if nat else cfg.loss.name, "preference_granularity": cfg.agent.preference_granularity,
-               runs: {k: paired.get(k) for k in ("n", "success_rate", "expert_step_fraction",
-                                                 "trajectory_pairs" if runs == "sampled" else "step_pairs")},
+               runs: {k: paired.get(k) for k in ("n", "success_rate", "expert_step_fraction", pairs_key)},
                "rounds": rounds, "sft": results["sft"], "dpo": results.get("nat_sft" if nat else "dpo"),
                "timings": loop.timings, "objective": last["success_rate"]}
     if "base" in results:
@@ -176,7 +174,7 @@ def run(cfg, ctx: RunContext) -> dict:
     if ctx.is_main:
         write_json(ctx.path("agentic_summary.json"), summary)
     mark_finished(ctx, "agent_pipeline", summary)
-    log.info("test success without expert: %s%.3f after SFT, %.3f after %s", 
+    log.info("test success without expert: %s%.3f after SFT, %.3f after %s",
              f"{results['base']['success_rate']:.3f} base, " if "base" in results else "", before["success_rate"],
              last["success_rate"], summary["method"])
     return summary

@@ -12,11 +12,8 @@ from agent_align.compare.plots import _save, plt
 
 
 def _v(x, scale: float = 1.0) -> float:
+    """A plotted value or error bar; NaN (nothing drawn) where it is unknown."""
     return math.nan if x is None else scale * float(x)
-
-
-def _e(x, scale: float = 1.0) -> float:
-    return math.nan if x is None else scale * float(x)  # no error bar where the SE is unknown
 
 
 def _color(row: dict) -> str:
@@ -37,7 +34,7 @@ def success_bars(rows: list[dict], path: Path) -> Path:
     width = 0.8 / len(series)
     for i, (key, se, name, color) in enumerate(series):
         xs = [x + (i - 0.5) * width for x in range(n)]
-        vals, errs = [_v(r[key], 100) for r in rows], [_e(r[se], 100) for r in rows]
+        vals, errs = [_v(r[key], 100) for r in rows], [_v(r[se], 100) for r in rows]
         ax.bar(xs, vals, width, yerr=errs, capsize=3, label=name, color=color)
         for x, v, e in zip(xs, vals, errs):  # the value above its error bar (a 0% bar is otherwise invisible)
             if not math.isnan(v):
@@ -61,7 +58,7 @@ def step_panels(rows: list[dict], path: Path) -> Path:
               ("policy_violations", None, 1, "policy violations (steps)")]
     for ax, (key, se, scale, title) in zip(axes, panels):
         ax.bar(range(n), [_v(r[key], scale) for r in rows], 0.6, color=colors,
-               yerr=[_e(r[se], scale) for r in rows] if se else None, capsize=3)
+               yerr=[_v(r[se], scale) for r in rows] if se else None, capsize=3)
         _ticks(ax, rows)
         ax.set_title(title, fontsize=9)
     axes[0].set_ylim(0, 105)
