@@ -138,6 +138,9 @@ class HardwareConfig:
     # DPO (policy and reference log-probs): each pair's prompt runs once, chosen and rejected packed after it with
     # a block mask (agent_align/train/shared_prompt.py); false = TRL's two rows per pair, the prompt twice
     shared_prompt_dpo: bool = True
+    # SFT on CPU bf16: no padding mask on right-padded batches (sdpa's causal kernel), RoPE in bf16, bf16 GEMMs in the
+    # fused LM head's backward (agent_align/train/fast.py); false = TRL's SFTTrainer as it comes
+    sft_fast_path: bool = True
     sft_batch_size: int = 32  # per device
     sft_grad_accum: int = 1
     dpo_batch_size: int = 32

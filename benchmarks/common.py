@@ -113,6 +113,8 @@ class PeakRSS:
 
 
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear", "aten::_mm"}
+# dtype casts (autocast's weight and activation casts, fp32 master-gradient casts) and plain copies
+CAST_OPS = {"aten::copy_", "aten::to", "aten::_to_copy", "aten::_copy_from", "aten::_copy_from_and_resize"}
 
 
 def _region(name: str) -> str | None:
@@ -121,26 +123,28 @@ def _region(name: str) -> str | None:
         return "log_softmax"
     if "scaleddotproduct" in n or "flashattention" in n:  # sdpa forward and its backward node
         return "attention"
+    if n.startswith("optimizer.step") or n.startswith("optimizer.zerograd"):  # torch.optim's own labels
+        return "optimizer"
     return None
 
 
 def breakdown(ops, seconds: float) -> dict:
     """Shares of the timed block's wall time: attention (sdpa, forward and backward), log-softmax (TRL's fused LM
-    head, its projection included), other matmuls, other torch ops (elementwise, norms, copies, optimizer), and
-    the rest, time in no torch op (Python, data collation, waiting). Walks each top-level op down its children:
-    a region or matmul counts with its children, anything else with its own (self) time only."""
-    tot = {"matmul": 0.0, "attention": 0.0, "log_softmax": 0.0, "other_ops": 0.0}
+    head, its projection included), the optimizer (step and zero_grad), other matmuls, copies and dtype casts,
+    other torch ops (elementwise, norms, embedding, gradient clipping), and the rest, time in no torch op (Python,
+    data collation, waiting). Walks each top-level op down its children: a region counts with its children,
+    anything else with its own (self) time only, so a cast inside ``aten::linear`` counts as a cast."""
+    tot = {"matmul": 0.0, "attention": 0.0, "log_softmax": 0.0, "optimizer": 0.0, "casts": 0.0, "other_ops": 0.0}
 
     def walk(ev):
         r = _region(ev.name)
         if r:
             tot[r] += ev.cpu_time_total
-        elif ev.name in MATMUL_OPS:
-            tot["matmul"] += ev.cpu_time_total
-        else:
-            tot["other_ops"] += ev.self_cpu_time_total
-            for c in ev.cpu_children:
-                walk(c)
+            return
+        kind = "matmul" if ev.name in MATMUL_OPS else "casts" if ev.name in CAST_OPS else "other_ops"
+        tot[kind] += ev.self_cpu_time_total
+        for c in ev.cpu_children:
+            walk(c)
 
     for ev in ops.events():
         if ev.cpu_parent is None:

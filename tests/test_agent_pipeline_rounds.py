@@ -15,13 +15,14 @@ from tests.conftest import compose
 
 class FakeLoop:
     """The hf agent and the sft/dpo stages replaced. The agent follows the expert on step 0 and then
-    replies garbage, except for the policies in ``good``, which follow the expert throughout."""
+    replies ``wrong`` (garbage by default), except for the policies in ``good``, which follow the expert
+    throughout."""
 
-    def __init__(self, monkeypatch, good=()):
+    def __init__(self, monkeypatch, good=(), wrong="oops"):
         from agent_align.agents import BACKENDS
         from agent_align.stages import STAGES
 
-        self.runs, self.sft, self.dpo, self.good, self.prompts = [], [], [], set(good), {}
+        self.runs, self.sft, self.dpo, self.good, self.prompts, self.wrong = [], [], [], set(good), {}, wrong
         real_get = STAGES.get
         monkeypatch.setattr(STAGES, "get", lambda n: {"sft": self.fake_sft, "dpo": self.fake_dpo}.get(n) or real_get(n))
         monkeypatch.setitem(BACKENDS._items, "hf", self.fake_agent)
@@ -41,7 +42,7 @@ class FakeLoop:
         class Agent(LLMAgent):  # the real prompt building (tag included), a scripted reply
             def act(self, envs):
                 self.backend.complete([self.chat(e) for e in envs])
-                return [e.render(e.expert_call()) if (not e.steps or path in loop.good) else "oops" for e in envs]
+                return [e.render(e.expert_call()) if (not e.steps or path in loop.good) else loop.wrong for e in envs]
 
         return Agent(Backend(), c.agent.prompt_tag, c.nat.placement)
 
@@ -103,6 +104,19 @@ def test_nat_trains_tagged_rows_from_the_base_and_evaluates_with_the_positive_ta
     assert not any(p.startswith("[") for p in fake.prompts[str(tmp_path / "checkpoints" / "sft")])
     assert summary["method"] == "nat" and summary["rounds"][0]["round"] == 1
 
+
+def test_mirror_pairs_in_the_pipeline_come_from_the_expert_run(tmp_path, monkeypatch):
+    """The informed run's successes alone would rarely hold the state a mirror needs; agent_pipeline gives
+    it the expert run's episodes, so each premature FINAL gets its mirror from the expert's success."""
+    premature = '{"tool": "FINAL", "parameters": {"answer": "42"}}'
+    fake = FakeLoop(monkeypatch, wrong=premature)
+    pipeline(tmp_path, "agent.mirror_pairs=true", "evaluate.base=false")
+    rows = read_jsonl(tmp_path / "agentic" / "informed" / "preferences" / "step_pairs.jsonl")
+    experts = {p.stem for p in (tmp_path / "agentic" / "expert" / "trajectories").glob("*.json")}
+    mirrors = [r for r in rows if r["taken_by"] == "mirror"]
+    assert mirrors and all(m["sample_id"] in experts for m in mirrors) and fake.dpo
+    assert all(json.loads(m["chosen"][0]["content"])["tool"] == "FINAL" != json.loads(m["rejected"][0]["content"])["tool"]
+               for m in mirrors)
 
 def test_base_model_is_evaluated_first_when_evaluate_base(tmp_path, monkeypatch):
     fake = FakeLoop(monkeypatch)
@@ -169,6 +183,69 @@ def test_final_anchors_balance_premature_finals_with_the_correct_final_of_a_succ
                        "env.horizon=6"]))
     assert off["final_anchors"] == 0 and off["step_pairs"] == len(rows) - len(anchors)
 
+
+
+def test_mirror_pairs_follow_each_tool_pair_with_the_reverse_preference_where_the_other_tool_was_right(tmp_path):
+    """A pair "A, not B" at step k is followed by "B, not A" from a success (here mostly the expert's run,
+    given as agent.pair_runs) of another task whose step k was a right B call: chosen = that call, rejected =
+    the episode's own A call, or the pair's FINAL when A was FINAL. Without such a task: the same task, at
+    a step where B was right, rejected = repeating an earlier call."""
+    from agent_align.__main__ import run
+    from agent_align.env.preferences import _answer, _tool
+
+    common = ["stage=agent", "agent.split=train", "agent.limit=60", "env.horizon=6"]
+    run(compose([f"run_dir={tmp_path / 'expert'}", *common, "agent.expert_mode=ground_truth"]))
+    experts = {e["sample_id"]: e for e in map(lambda p: json.loads(p.read_text()),
+                                                (tmp_path / "expert" / "trajectories").glob("*.json"))}
+    summary = run(compose([f"run_dir={tmp_path / 'informed'}", *common, "agent.backend=random",
+                           "agent.expert_mode=informed", "agent.save_alternate_trace=true", "agent.mirror_pairs=true",
+                           f"agent.pair_runs=[{tmp_path / 'expert'}]", "agent.expert_assist_init_limit=1",
+                           "agent.expert_assist_recent_limit=-1", "agent.num_samples=2"]))
+    rows = read_jsonl(tmp_path / "informed" / "preferences" / "step_pairs.jsonl")
+    mirrors = [r for r in rows if r["taken_by"] == "mirror"]
+    assert mirrors and summary["mirror_pairs"] == len(mirrors) and summary["final_anchors"] == 0
+    tool = lambda side: _tool(side[0]["content"], "json")  # noqa: E731
+    kinds = set()
+    for i, m in enumerate(rows):
+        if m["taken_by"] != "mirror":
+            continue
+        pair = rows[i - 1]
+        a, b = tool(pair["chosen"]), tool(pair["rejected"])
+        assert pair["taken_by"] != "mirror" and a != b and tool(m["chosen"]) == b and tool(m["rejected"]) != b
+        if m["sample_id"] in experts:  # the state and the chosen turn are the successful episode's own
+            e = experts[m["sample_id"]]
+            assert [x["content"] for x in e["messages"][:len(m["prompt"])]] == [x["content"] for x in m["prompt"]]
+            assert e["messages"][len(m["prompt"])]["content"] == m["chosen"][0]["content"] and m["tools"] == e["tools"]
+            calls = [x["content"] for x in e["messages"] if x["role"] == "assistant"]
+        if m["task_id"] != pair["task_id"]:  # another task, the same step
+            assert m["step"] == pair["step"]
+            if a == "FINAL":
+                kinds.add("final_rejected")
+                assert m["rejected"] == pair["chosen"] and m["rejected_category"] == "wrong_final"
+                if m["sample_id"] in experts:
+                    task = experts[m["sample_id"]]["task"]
+                    assert task["answerable"] and task["answer"] != _answer(pair["chosen"][0]["content"], "json")
+            else:
+                kinds.add(m["rejected_category"])
+                assert tool(m["rejected"]) == a and m["rejected_category"] in ("redundant", "premature")
+                if m["sample_id"] in experts:
+                    assert m["rejected"][0]["content"] in calls and m["rejected"][0]["content"] != m["chosen"][0]["content"]
+        else:
+            kinds.add("same_task")
+            earlier = [x["content"] for x in m["prompt"] if x["role"] == "assistant"]
+            assert m["rejected"][0]["content"] in earlier and m["rejected_category"] == "redundant"
+            assert tool(m["rejected"]) == a or a not in map(lambda c: _tool(c, "json"), earlier)
+    assert {"final_rejected", "premature", "same_task"} <= kinds and any(m["sample_id"] in experts for m in mirrors)
+
+
+def test_mirror_pairs_with_final_anchors_fails_at_start_naming_the_key(tmp_path):
+    from tests.conftest import run_cli
+
+    out = run_cli([f"run_dir={tmp_path}", "+experiment=agentic_sft_dpo", "agent.mirror_pairs=true",
+                   "agent.final_anchors=true"])
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("error: config key 'agent.final_anchors' = True")
+    assert not (tmp_path / "agentic").exists()
 
 def test_pair_files_are_shuffled_with_anchors_kept_after_their_pair():
     from agent_align.env.preferences import shuffled

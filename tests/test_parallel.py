@@ -184,8 +184,9 @@ def test_evaluate_reports_the_parallel_split_and_gives_it_more_tokens(cfg_factor
         [r for i in range(4) for r in gen.make_rows("parallel", i)]
     budgets = {}
 
-    def fake_generate_ids(model, tok, ids, max_new_tokens, **kw):
-        budgets[max_new_tokens] = len(ids)
+    def fake_generate_ids(model, tok, ids, max_new_tokens, **kw):  # one limit, or one per prompt (one queue)
+        for b in [max_new_tokens] * len(ids) if isinstance(max_new_tokens, int) else max_new_tokens:
+            budgets[b] = budgets.get(b, 0) + 1
         return [[[i[0]]] for i in ids]
 
     monkeypatch.setattr(generation, "generate_ids", fake_generate_ids)  # generate_by_budget's decoder

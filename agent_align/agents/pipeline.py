@@ -88,9 +88,11 @@ class _Loop:
         if cfg.agent.preference_granularity == "trajectory":  # the policy's own successes vs its own failures
             result = self.agent(name, name, **{**common, "agent__trajectory_pairs": True})
         else:
+            mirrors_from = [str(self.sub("expert").run_dir)] if cfg.agent.mirror_pairs else []  # its successes
             result = self.agent(name, name, **{**common, "agent__expert_mode": "informed", "agent__expert": "ground_truth",
                                                "agent__save_alternate_trace": True, "agent__trajectory_pairs": False,
-                                               "agent__mask_suboptimal_traces": False})
+                                               "agent__mask_suboptimal_traces": False,
+                                               "agent__pair_runs": [*cfg.agent.pair_runs, *mirrors_from]})
         key = _granularity_runs(cfg)[1]
         return result, str(self.sub(name).path("preferences", f"{key}.jsonl")) if result.get(key) else ""
 

@@ -79,6 +79,10 @@ class AgentConfig:
     # step pairs: for each premature FINAL the policy gave (rejected wrong_final, the expert called a tool),
     # add a pair from a success of the same task: its correct FINAL over repeating its last call
     final_anchors: bool = False
+    # step pairs: after each pair "A, not B" (chosen calls tool A, rejected tool B) a mirror "B, not A" from a
+    # success of the same task (this run's or agent.pair_runs'; agent_pipeline adds its expert run) where B
+    # was right, rejected = repeating the earlier A call; includes the final anchors (B = FINAL)
+    mirror_pairs: bool = False
     max_pairs_per_task: int = 4
     judge: str = "match"  # match (normalised answer) | openai | hf (an LLM judge through that backend)
     judge_model_path: Optional[str] = None  # judge=hf: its checkpoint (null -> model.*)
@@ -146,6 +150,9 @@ def check_agent_config(cfg) -> None:
     if cfg.get("stage") == "agent_pipeline" and cfg.data.negatives == "nat" and cfg.dpo.rounds > 1:
         raise config_error("dpo.rounds", cfg.dpo.rounds, "data.negatives=nat replaces DPO with one tagged SFT; "
                            "set dpo.rounds=1 (or data.negatives=standard for DPO rounds)")
+    if a.mirror_pairs and a.final_anchors:
+        raise config_error("agent.final_anchors", True, "agent.mirror_pairs already adds the final anchors "
+                           "(mirrors of premature FINALs): set one of them")
     trajectory = a.trajectory_pairs or a.preference_granularity == "trajectory"
     if trajectory and a.num_samples < 2 and not a.pair_runs:
         raise config_error("agent.num_samples", a.num_samples, "trajectory pairs need a success and a failure of the "

@@ -161,12 +161,96 @@ def with_final_anchors(records: list[dict], rows: list[dict], fmt: str = "json")
     return out
 
 
+def _tool(content: str, fmt: str) -> str | None:
+    call, _ = extract_call(content, fmt)
+    return call.get("tool") if isinstance(call, dict) else None
+
+
+def _right_calls(record: dict, fmt: str) -> list[tuple[int, str, list[dict], dict]]:
+    """(step, tool, history, turn) for every turn of an episode that was right and made progress."""
+    msgs, turns = record["messages"], _turn_positions(record["messages"])
+    return [(k, _tool(msgs[turns[k]]["content"], fmt), msgs[:turns[k]], msgs[turns[k]])
+            for k, step in enumerate(record["steps"]) if _step_ok(step)]
+
+
+def _answer(content: str, fmt: str):
+    call, _ = extract_call(content, fmt)
+    return (call.get("parameters") or {}).get("answer") if isinstance(call, dict) else None
+
+
+def with_mirrors(records: list[dict], rows: list[dict], fmt: str = "json") -> list[dict]:
+    """``rows`` (step pairs) with a mirror pair right after each one whose chosen turn (step k) calls tool A
+    where the rejected one called tool B. A pair says "A, not B, here"; a 135M policy learns the tool name
+    as a bias toward A in every task (measured in docs/agent_env.md: pairs favouring ``retrieve_documents``
+    first in the document tasks flipped the meeting-floor tasks, which need ``get_calendar`` first, from
+    6/12 to 0/12; chosen refusals made it refuse answerable tasks). The mirror says "B, not A, there", from
+    a successful episode (the policy's own, or the expert's from ``agent.pair_runs``) of another task whose
+    step k was a right B call, so the two pairs differ in the task and what is left to learn is which task
+    wants which tool:
+
+    - chosen = that B call; rejected = the episode's own A call (made earlier: ``redundant``, a repeat; or
+      later: ``premature``);
+    - when A is FINAL (a refusal, or an answer), rejected = the pair's chosen FINAL, which is wrong there
+      (the mirror's task is answerable and its answer differs).
+
+    When no other task has such a step, the mirror comes from a success of the same task at any step where
+    B was right, rejected = repeating an earlier call (A's if any); premature FINALs (B = FINAL) get the
+    final anchor this way. Pairs with neither get none. Interleaved, so ``dpo.max_pairs`` keeps the balance."""
+    by_step, by_task = defaultdict(list), defaultdict(list)
+    for r in records:
+        if r["success"]:
+            right = _right_calls(r, fmt)
+            for k, tool, history, turn in right:
+                entry = (r, k, history, turn, [(j, t, m) for j, t, _, m in right if j != k and t != "FINAL"])
+                by_step[(k, tool)].append(entry)
+                by_task[(r["task_id"], tool)].append(entry)
+    out, used = [], defaultdict(int)
+    for row in rows:
+        out.append(row)
+        chosen = row["chosen"][0]
+        a, b = _tool(chosen["content"], fmt), _tool(row["rejected"][0]["content"], fmt)
+        if a is None or b is None or a == b:
+            continue
+        options = []
+        for r, k, history, turn, calls in by_step.get((row["step"], b), []):
+            if r["task_id"] == row["task_id"]:
+                continue
+            if a == "FINAL":
+                if r["task"]["answerable"] and _answer(chosen["content"], fmt) != r["task"]["answer"]:
+                    options.append((r, history, turn, chosen, "wrong_final"))
+            else:
+                own = sorted((abs(j - k), j < k, m) for j, t, m in calls if t == a)
+                if own:
+                    options.append((r, history, turn, own[0][2], "redundant" if own[0][1] else "premature"))
+        key = (row["step"], a, b)  # successive pairs of one kind take successive episodes
+        if not options:
+            key = (row["task_id"], b)
+            for r, k, history, turn, calls in by_task.get(key, []):
+                earlier = [(t, m) for j, t, m in calls if j < k and t != b]
+                if earlier:
+                    repeat = next((m for t, m in reversed(earlier) if t == a), earlier[-1][1])
+                    options.append((r, history, turn, repeat, "redundant"))
+        if not options:
+            continue
+        r, history, turn, rejected, why = options[used[key] % len(options)]
+        used[key] += 1
+        out.append({**{k: r[k] for k in ("tools", "task_id", "scenario", "tool_availability")},
+                    "schema": _chosen_schema(r["tools"], turn["content"], fmt),
+                    "prompt": [{"role": m["role"], "content": m["content"]} for m in history],
+                    "chosen": [{"role": "assistant", "content": turn["content"]}],
+                    "rejected": [{"role": "assistant", "content": rejected["content"]}],
+                    "granularity": "step", "sample_id": r["sample_id"], "step": len(_turn_positions(history)),
+                    "taken_by": "mirror", "chosen_category": "correct_final" if b == "FINAL" else "correct",
+                    "rejected_category": why})
+    return out
+
+
 def shuffled(rows: list[dict], seed) -> list[dict]:
-    """``rows`` in a seeded random order, each anchor kept right after its pair. The dpo stage's
+    """``rows`` in a seeded random order, each anchor or mirror kept right after its pair. The dpo stage's
     ``dpo.max_pairs`` takes the first pairs of a file; in episode order those would be the first tasks'."""
     units: list[list[dict]] = []
     for r in rows:
-        if r.get("taken_by") == "anchor" and units:
+        if r.get("taken_by") in ("anchor", "mirror") and units:
             units[-1].append(r)
         else:
             units.append([r])

@@ -73,7 +73,14 @@ def build_trainer(cfg, ctx: RunContext, model, tok, examples: list[dict]):
                      weight_decay=cfg.sft.weight_decay, packing=cfg.sft.packing,
                      train_sampling_strategy="group_by_length" if cfg.sft.group_by_length and not cfg.sft.packing
                      else "random")
-    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok), out
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
+    trainer.fast_hooks = []
+    if hw.sft_fast_path:  # what the SFT profile found wasteful: benchmarks/README.md, *Where an SFT step's time goes*
+        from agent_align.train.fast import set_bf16_lm_head_grads, sft_fast_hooks
+
+        set_bf16_lm_head_grads(True)
+        trainer.fast_hooks = sft_fast_hooks(trainer.model)
+    return trainer, out
 
 
 def run(cfg, ctx: RunContext) -> dict:
@@ -98,6 +105,8 @@ def run(cfg, ctx: RunContext) -> dict:
     examples = sft_examples(cfg, rows, enc)
     trainer, out = build_trainer(cfg, ctx, model, tok, examples)
     trainer.train(resume_from_checkpoint=resume_point(cfg, out))
+    for hook in trainer.fast_hooks:  # the next stage gets the model as transformers built it
+        hook.remove()
     dest = ctx.path("checkpoints", "sft")
     save_final(trainer, tok, dest, cfg, {"stage": "sft", "examples": len(examples)})
     history = log_history_rows(trainer)

@@ -16,10 +16,11 @@ log = logging.getLogger(__name__)
 
 def trainer_kwargs(cfg, stage_cfg, out_dir: Path, batch: int, accum: int, run_name: str) -> dict:
     """Keyword arguments shared by SFTConfig and DPOConfig (validated by TRL itself)."""
-    from agent_align.train.fast import set_compact_lm_head
+    from agent_align.train.fast import set_bf16_lm_head_grads, set_compact_lm_head
 
     hw = cfg.hardware
     set_compact_lm_head(hw.compact_lm_head)
+    set_bf16_lm_head_grads(False)  # TRL's fp32 GEMMs unless a stage turns them on (stages/sft.py build_trainer)
     prec = resolve_precision(hw)
     ds = hw.distributed
     kw = dict(

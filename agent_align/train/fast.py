@@ -26,3 +26,82 @@ def set_compact_lm_head(enabled: bool) -> None:
     if _ORIGINAL is None:
         _ORIGINAL = tu._use_triton
     tu._use_triton = (lambda device: True) if enabled else _ORIGINAL
+
+
+# --- SFT fast path (``hardware.sft_fast_path``) ------------------------------------------------------------------
+# What the profile of an SFT step on SmolLM2 (bf16 autocast, one core) showed and these change; benchmarks/README.md
+# *Where an SFT step's time goes* has the table. Each keeps the loss and gradients equal to TRL's path within bf16
+# rounding (tests/test_sft_fast_path.py).
+_ADDMM = None
+
+
+def _addmm_bf16_on_cpu(acc, a, b) -> None:
+    """TRL's fused head accumulates its backward GEMMs in fp32 by casting both bf16 operands to fp32 on CPU (its
+    ``out_dtype`` GEMM is CUDA-only), which runs them at the fp32 rate: ~8x slower than bf16 on AMX (measured
+    245 ms vs 30 ms for one 370 x 32768 x 576 product). oneDNN's bf16 GEMM accumulates in fp32 inside and rounds the
+    product once; that rounded product is what every other weight gradient gets under autocast. TRL's warning about
+    rounding "every vocabulary chunk's product" concerns many small chunks; its CPU chunk is 32,768 columns
+    (2 chunks for a 49k vocabulary), summed here in fp32."""
+    import torch
+
+    if acc.device.type == "cpu" and a.dtype == b.dtype == torch.bfloat16:
+        acc.add_(torch.mm(a, b))
+    else:
+        _ADDMM(acc, a, b)
+
+
+def set_bf16_lm_head_grads(enabled: bool) -> None:
+    """bf16 GEMMs (fp32 accumulation inside oneDNN) in the backward of TRL's fused LM head on CPU, or restore TRL."""
+    global _ADDMM
+    import trl.kernels.chunked_logprob as kc
+
+    if _ADDMM is None:
+        _ADDMM = kc._addmm_fp32
+    kc._addmm_fp32 = _addmm_bf16_on_cpu if enabled else _ADDMM
+
+
+def _right_padded(mask) -> bool:
+    """Every row is ones then zeros (TRL's SFT collator pads on the right), and some row is padded."""
+    return (mask.dim() == 2 and mask.shape[1] > 1 and not bool(mask.all()) and bool(mask[:, 0].all())
+            and bool((mask[:, 1:] <= mask[:, :-1]).all()))
+
+
+def _causal_only(module, args, kwargs):
+    """With right padding, the causal mask alone already keeps every real token from seeing a pad (pads come after
+    it), so the padding mask changes nothing a label depends on: pads have no label and their gradient is zero. Without
+    it sdpa runs its causal kernel (no mask tensor, grouped-query heads without ``repeat_kv``): measured 77 -> 59 ms
+    per layer forward + backward at batch 8 x 384 tokens on one core."""
+    import torch
+
+    mask = kwargs.get("attention_mask")
+    if (module.training and isinstance(mask, torch.Tensor) and kwargs.get("past_key_values") is None
+            and _right_padded(mask)):
+        kwargs["attention_mask"] = None
+    return args, kwargs
+
+
+def _rope_in_autocast_dtype(module, args, out):
+    """Llama-family rotary embeddings return cos/sin in the dtype of the fp32 residual stream, so under bf16 autocast
+    ``q * cos`` promotes the bf16 projections to fp32: RoPE runs in fp32 (forward and backward) and sdpa casts q and k
+    back to bf16. Returning cos/sin in the autocast dtype keeps q and k in bf16; they differ from TRL's by the rounding
+    of the two products before their sum (at most a few bf16 ulps), and sdpa saw bf16 q and k either way."""
+    import torch
+
+    device = out[0].device.type
+    if module.training and torch.is_autocast_enabled(device) and out[0].dtype == torch.float32:
+        dtype = torch.get_autocast_dtype(device)
+        return tuple(t.to(dtype) for t in out)
+    return None
+
+
+def sft_fast_hooks(model) -> list:
+    """Hooks for SFT training on ``model`` (a causal LM, or PEFT around one): the padding mask dropped on right-padded
+    batches, RoPE in the autocast dtype. Returns the handles; ``remove()`` each to restore the model."""
+    from peft import PeftModel
+
+    core = model.get_base_model() if isinstance(model, PeftModel) else model
+    backbone = core.base_model  # what TRL's fused forward calls (through __call__, so its hooks run)
+    handles = [backbone.register_forward_pre_hook(_causal_only, with_kwargs=True)]
+    handles += [m.register_forward_hook(_rope_in_autocast_dtype) for m in backbone.modules()
+                if type(m).__name__.endswith("RotaryEmbedding")]
+    return handles

@@ -4,9 +4,10 @@ Negatives the model never produces teach it little (measured: offline synthetic 
 from-scratch model's SSPR by ~0). Sampling the SFT model and keeping what the validator rejects
 targets exactly the mistakes it makes.
 
-Samples come from the compacting decoder (``generation.decode_compacting``): finished rows leave the batch,
-and with ``evaluate.stop_at_call_end`` a row ends right after its complete call; a sample that would go on
-past its call keeps the first token past it, which is what makes the validator reject it (call_end.py).
+Samples come from the compacting decoder (``generation.decode_compacting``): all prompts go through one
+queue, with their own token budgets, and a finished row's place goes to the next waiting prompt; with
+``evaluate.stop_at_call_end`` a row ends right after its complete call; a sample that would go on past its
+call keeps the first token past it, which is what makes the validator reject it (call_end.py).
 """
 
 from __future__ import annotations
