@@ -35,6 +35,14 @@ def _cpu_defaults(spec: dict) -> dict:
     return {"use_cpu": True, **({"bf16": False} if spec.get("baseline_fp32") else {})}
 
 
+def _plain_args(config_cls, spec: dict):
+    """A plain trainer's config (``SFTConfig`` / ``DPOConfig``): the spec's batch, steps, lr and length, TRL's
+    defaults for everything else."""
+    return config_cls(output_dir=str(Path(spec["run_dir"]) / "trainer"), per_device_train_batch_size=spec["batch_size"],
+                      gradient_accumulation_steps=spec["grad_accum"], max_steps=spec["steps"], learning_rate=spec["lr"],
+                      max_length=spec["max_length"], **_cpu_defaults(spec))
+
+
 def _same_template(spec: dict, tok) -> None:
     """Give the plain tokenizer the chat template our side renders with (``model.chat_template``), so both
     sides train on the very same tokens. SmolLM2's own template writes the tools as short signatures, ours as
@@ -159,9 +167,7 @@ def sft_baseline(spec: dict) -> dict:
     records = [{"prompt": _chat_messages(r, spec["system"]), "completion": [{"role": "assistant", "content": r["chosen"]}],
                 "tools": json.dumps(r.get("tools") or [])} for r in rows]
     with PeakRSS() as meter:
-        args = SFTConfig(output_dir=str(Path(spec["run_dir"]) / "trainer"), per_device_train_batch_size=spec["batch_size"],
-                         gradient_accumulation_steps=spec["grad_accum"], max_steps=spec["steps"],
-                         learning_rate=spec["lr"], max_length=spec["max_length"], **_cpu_defaults(spec))
+        args = _plain_args(SFTConfig, spec)
         trainer = SFTTrainer(model, args=args, train_dataset=Dataset.from_list(records), processing_class=tok)
         trainer.train()
     expected = _expected_sft(spec, tok, rows)
@@ -206,9 +212,7 @@ def dpo_baseline(spec: dict) -> dict:
 
     model, tok, rows, records = _plain_dpo_inputs(spec)
     with PeakRSS() as meter:
-        args = DPOConfig(output_dir=str(Path(spec["run_dir"]) / "trainer"), per_device_train_batch_size=spec["batch_size"],
-                         gradient_accumulation_steps=spec["grad_accum"], max_steps=spec["steps"],
-                         learning_rate=spec["lr"], max_length=spec["max_length"], **_cpu_defaults(spec))
+        args = _plain_args(DPOConfig, spec)
         trainer = DPOTrainer(model, args=args, train_dataset=Dataset.from_list(records), processing_class=tok)
         trainer.train()
     enc = Encoder(tok, spec["max_length"], spec["max_prompt_length"])
