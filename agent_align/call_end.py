@@ -20,7 +20,12 @@ with that token. The cut text gets the verdict the whole text would get from ``v
 
 Anything else (prose first, a mismatched bracket, text between the value and its closing fence) turns
 the machine off and the row runs to end of turn as before: stopping early is only ever done where the
-verdict cannot change. Written by hand: incremental JSON parsers (ijson, json-stream) neither skip a
+verdict cannot change. With ``fail_fast`` (stage=evaluate's strict SSPR, where the whole answer must be
+the JSON value) a ``json`` row whose first non-space character can start no JSON value also stops on it:
+``json.loads`` then fails at character 0 with "Expecting value" whatever follows, so the verdict and its
+message are those of the whole answer. The base model's prose answers stop after a token instead of
+running to the token limit. Not for BFCL, whose Python call syntax ``f(a=1)`` starts with a letter, nor
+for samples that become training pairs, whose rejected text should be what the model would write. Written by hand: incremental JSON parsers (ijson, json-stream) neither skip a
 fence nor find the react block, and a 4-state character loop costs microseconds per token.
 """
 
@@ -28,6 +33,9 @@ from __future__ import annotations
 
 LANG = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")  # [A-Za-z0-9_-] in extract.py
 OPEN = {"}": "{", "]": "["}
+# first characters after which the JSON verdict is still open: values, NaN/Infinity (loads_strict rejects
+# them with their own message), a fence, and U+FFFD (part of a multi-byte character, maybe a space)
+UNDECIDED = frozenset('{["-0123456789tfnNI`\ufffd')
 # states
 LEAD, FENCE, FENCE_LANG, FENCE_SPACE, FENCED_LEAD, VALUE, CLOSING_FENCE, TRAIL, OFF, STOP = range(10)
 SEEK, AFTER_ACTION, TICKS, BODY = range(10, 14)
@@ -36,10 +44,11 @@ SEEK, AFTER_ACTION, TICKS, BODY = range(10, 14)
 class JsonCallEnd:
     """``data.format=json``: a top-level JSON object or array (a call, or a list of parallel calls)."""
 
-    __slots__ = ("state", "stack", "in_str", "esc", "ticks", "fenced")
+    __slots__ = ("state", "stack", "in_str", "esc", "ticks", "fenced", "fail_fast")
 
-    def __init__(self):
+    def __init__(self, fail_fast: bool = False):
         self.state, self.stack, self.in_str, self.esc, self.ticks, self.fenced = LEAD, [], "", False, 0, False
+        self.fail_fast = fail_fast
 
     @property
     def done(self) -> bool:
@@ -86,7 +95,7 @@ class JsonCallEnd:
                 elif c == "`" and st == LEAD:
                     st, self.ticks, self.fenced = FENCE, 1, True
                 else:
-                    st = OFF
+                    st = STOP if self.fail_fast and st == LEAD and c not in UNDECIDED else OFF
                     break
             elif st == FENCE:
                 if c != "`":
@@ -121,7 +130,7 @@ class ReactCallEnd:
     __slots__ = ("state", "k", "ticks", "pending")
     WORD = "Action:"
 
-    def __init__(self):
+    def __init__(self, fail_fast: bool = False):  # never fails early: a later 'Action:' can still open a block
         self.state, self.k, self.ticks, self.pending = SEEK, 0, 0, []
 
     @property
@@ -183,13 +192,14 @@ class ReactCallEnd:
 CALL_ENDS = {"json": JsonCallEnd, "react": ReactCallEnd}
 
 
-def call_end(fmt: str, before: str = ""):
+def call_end(fmt: str, before: str = "", fail_fast: bool = False):
     """A fresh machine for output format ``fmt``, already fed ``before`` (text the answer continues, e.g. a
     Step-DPO prefix). None when ``before`` already holds a complete call: what follows it cannot change
-    the verdict, so stopping there would only cut the continuation that was asked for."""
+    the verdict, so stopping there would only cut the continuation that was asked for. ``fail_fast``: also
+    stop an answer whose strict verdict is already a failure (module docstring)."""
     if fmt not in CALL_ENDS:
         raise ValueError(f"no call-end detector for output format {fmt!r}; valid: {', '.join(CALL_ENDS)}")
-    machine = CALL_ENDS[fmt]()
+    machine = CALL_ENDS[fmt](fail_fast and not before)
     if before:
         machine.feed(before)
         if machine.done or (fmt == "json" and machine.state == TRAIL):

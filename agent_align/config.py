@@ -138,6 +138,9 @@ class HardwareConfig:
     # DPO (policy and reference log-probs): each pair's prompt runs once, chosen and rejected packed after it with
     # a block mask (agent_align/train/shared_prompt.py); false = TRL's two rows per pair, the prompt twice
     shared_prompt_dpo: bool = True
+    # DPO with bf16 on CPU: the precomputed reference log-probs from a bf16 copy of the policy, not the fp32 model
+    # under autocast (agent_align/train/fast.py); false = under autocast, as TRL does
+    bf16_reference: bool = False
     # SFT on CPU bf16: no padding mask on right-padded batches (sdpa's causal kernel), RoPE in bf16, bf16 GEMMs in the
     # fused LM head's backward (agent_align/train/fast.py); false = TRL's SFTTrainer as it comes
     sft_fast_path: bool = True
@@ -216,7 +219,9 @@ class EvaluateConfig:
     max_new_tokens: int = 96
     # A row ends at the first non-space token after a complete call (json) or on the closing fence of the
     # Action block (react), with the verdict its whole text would get; for evaluation, on-policy samples,
-    # Step-DPO continuations and agent rollouts (agent_align/call_end.py). false = run to end of turn.
+    # Step-DPO continuations and agent rollouts (agent_align/call_end.py). In evaluation (json) a row whose
+    # first character can start no JSON value (prose) also ends on it: its verdict is fixed there. false = run
+    # every row to end of turn.
     stop_at_call_end: bool = True
     limit: int = 0  # 0 -> every eval row
     robustness: List[str] = field(default_factory=list)  # typos | reorder | paraphrase | distractors

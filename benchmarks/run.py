@@ -186,7 +186,9 @@ def agreement(comparison: str, ours: dict, base: dict) -> dict:
     """How alike the two sides' outputs were (greedy decoding on both): a check that they did the same work."""
     if comparison == "eval":
         same = sum(a == b for a, b in zip(ours["outputs"], base["outputs"]))
-        return {"identical_outputs_fraction": same / len(ours["outputs"])}
+        verdicts = sum(a == b for a, b in zip(ours["verdicts"], base["verdicts"]))
+        return {"identical_outputs_fraction": same / len(ours["outputs"]),
+                "same_verdict_fraction": verdicts / len(ours["verdicts"])}
     if comparison == "rollouts":
         a, b = ours["steps_by_episode"], base["steps_by_episode"]
         return {"same_episode_length_fraction": sum(a[k] == b.get(k) for k in a) / len(a)}
@@ -205,7 +207,7 @@ def summarise(unit: str, runs: dict) -> dict:
     for side, rs in runs.items():
         for r in rs:
             r["rate"] = r[unit] / r["seconds"]
-            for big in ("outputs", "steps_by_episode", "ref_chosen", "ref_rejected"):
+            for big in ("outputs", "verdicts", "steps_by_episode", "ref_chosen", "ref_rejected"):
                 r.pop(big, None)
         out[side] = {"median_rate": median([r["rate"] for r in rs]),
                      "median_peak_rss_mb": median([r["peak_rss_mb"] for r in rs]),

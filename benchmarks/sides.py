@@ -323,7 +323,16 @@ def eval_ours(spec: dict) -> dict:
     rows = _rows(spec["rows"])
     with PeakRSS() as meter:
         outputs = predict(cfg, model, tok, enc, rows, "benchmark eval")
-    return {**meter.as_dict(), "calls": len(outputs), "outputs": outputs}
+    return {**meter.as_dict(), "calls": len(outputs), "outputs": outputs, "verdicts": _verdicts(rows, outputs, cfg)}
+
+
+def _verdicts(rows: list[dict], outputs: list[str], cfg) -> list[list]:
+    """The strict verdict of each output, [passed, category]: what both sides' outputs must agree on where ours
+    stops a row early (at its complete call, or on the first character of prose)."""
+    from agent_align.validation.validator import validate_output
+
+    return [[v.passed, v.category] for v in (validate_output(o, r["schema"], cfg.data.format)
+                                             for r, o in zip(rows, outputs))]
 
 
 def eval_baseline(spec: dict) -> dict:
@@ -339,7 +348,8 @@ def eval_baseline(spec: dict) -> dict:
             new = out[0, inputs["input_ids"].shape[1]:]
             new_tokens += len(new)
             outputs.append(tok.decode(new, skip_special_tokens=True))
-    return {**meter.as_dict(), "calls": len(outputs), "outputs": outputs, "new_tokens": new_tokens}
+    return {**meter.as_dict(), "calls": len(outputs), "outputs": outputs, "new_tokens": new_tokens,
+            "verdicts": _verdicts(rows, outputs, spec["cfg"])}
 
 
 # --- agent rollouts -----------------------------------------------------------------------------------------------

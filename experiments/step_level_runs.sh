@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
-# The runs behind the numbers in docs/step_level.md and experiments/step_level.md (tiny model, CPU:
-# +experiment=from_scratch keeps the recipe they were measured with).
+# The runs behind the numbers in docs/step_level.md and experiments/step_level.md.
 # One SFT is shared: the dpo/stepwise/step_dpo runs reuse the base run's data and SFT checkpoint
 # (resume=auto skips finished stages), so they differ only in the preference loss.
-#   bash experiments/step_level_runs.sh [OUT_DIR]
+#   bash experiments/step_level_runs.sh [OUT_DIR] [tiny|smollm2]
+# tiny (default): the tiny model from scratch (+experiment=from_scratch keeps the recipe they were measured
+# with), 960 synthetic pairs, then NAT, the failure analysis and the mixture study.
+# smollm2: the default model and recipe (SFT 60 x 8, on-policy pairs) in react format at a budget that fits
+# a 2-core CPU: 100 eval prompts, 120 sampled prompts, at most 160 pairs, no BFCL; step-wise DPO only, with
+# reward_eval of its SFT (base) and DPO (tuned) checkpoints.
 set -euo pipefail
 out="${1:-runs/step_level}"
+recipe="${2:-tiny}"
+if [ "$recipe" = smollm2 ]; then
+  common=(data.format=react data.n_eval=100 evaluate.base=false evaluate.bfcl=false dpo.sample_prompts=120 dpo.max_pairs=160)
+  python -m agent_align run_dir="$out/stepwise" loss=stepwise "${common[@]}"
+  python -m agent_align stage=reward_eval run_dir="$out/stepwise" "${common[@]}"
+  exit 0
+fi
 common=(+experiment=from_scratch data.format=react data.n_train=3000 data.n_eval=200 data.procedural_tools=0 dpo.max_pairs=960 hardware.eval_batch_size=64)
 python -m agent_align run_dir="$out/dpo" loss=dpo "${common[@]}"
 for loss in stepwise step_dpo; do

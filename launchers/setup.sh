@@ -21,7 +21,7 @@ case "$what" in
   test)
     if [ -x launchers/install_system_deps.sh ]; then bash launchers/install_system_deps.sh; fi
     set +e
-    "$py" -m pytest -q "${@:2}"
+    "$py" -m pytest -q --durations=15 "${@:2}"  # the 15 slowest tests listed: where CI time goes
     rc=$?
     set -e
     # pytest exits 5 when no test ran: that is a failure here

@@ -64,6 +64,8 @@ def test_quick_run_writes_every_key_with_finite_positive_numbers(quick):
     assert result["raw"]["dpo"]["same_tokens_fraction"] == 1.0
     # the reference pass: ours (shared prompt) and TRL's precompute give the same log-probs, to bf16 rounding
     assert result["raw"]["ref"]["ref_logps_within_2pct_fraction"] == 1.0
+    # equal outputs get equal verdicts; outputs ours cut early (call end, prose) must still agree on the verdict
+    assert result["raw"]["eval"]["same_verdict_fraction"] >= result["raw"]["eval"]["identical_outputs_fraction"]
     assert result["raw"]["settings"]["shared_prompt_dpo"] is True
     assert "met?" in stdout and "matmul peak" in stdout
 

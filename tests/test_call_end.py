@@ -31,9 +31,9 @@ def chunkings(text: str, seed: int = 0):
         yield pieces
 
 
-def cut(fmt: str, pieces: list[str], before: str = "") -> str | None:
+def cut(fmt: str, pieces: list[str], before: str = "", fail_fast: bool = False) -> str | None:
     """The text up to and including the piece the machine stops on, or None when it never stops."""
-    m = call_end(fmt, before)
+    m = call_end(fmt, before, fail_fast)
     seen = ""
     for p in pieces:
         seen += p
@@ -89,6 +89,26 @@ def test_json_call_end_on_crafted_streams(text, expected):
         assert cut("json", pieces) == through_piece(pieces, expected)
 
 
+FAIL_FAST_CASES = [  # strict SSPR (stage=evaluate): an answer that can only fail stops on its first character
+    ("The call is {}", "T"),
+    (" \n Sure: {\"a\": 1}", " \n S"),
+    ("\u3000<tool>", "\u3000<"),  # a space the validator strips, then no JSON
+    ("Infinity", None), ("NaN", None), ("null", None), ("true or", None), ("42 things", None),  # JSON may follow
+    ('-1', None), ('"text"', None),
+    ("\ufffd\ufffd", None),  # the bytes of a character not yet decoded: maybe a space
+    ("```json\nThe call", None),  # inside a fence: left to end of turn, as without fail_fast
+    ('{"a": 1}\nThe end', '{"a": 1}\nT'),
+]
+
+
+@pytest.mark.parametrize("text,expected", FAIL_FAST_CASES)
+def test_fail_fast_stops_answers_that_can_only_fail(text, expected):
+    for pieces in chunkings(text):
+        assert cut("json", pieces, fail_fast=True) == through_piece(pieces, expected)
+    assert cut("react", list("The answer"), fail_fast=True) is None  # a later Action: block can still come
+    assert cut("json", list("The answer"), before="x", fail_fast=True) is None  # a prefix: the old rule
+
+
 @pytest.mark.parametrize("text,expected", REACT_CASES)
 def test_react_call_end_on_crafted_streams(text, expected):
     m = _ACTION_FENCE.search(text)
@@ -142,22 +162,23 @@ def _random_answer(rng: random.Random) -> str:
         body = body[:-1] + "}" + body[-1]  # unbalanced
     if rng.random() < 0.25:
         body = f"```{rng.choice(['json', '', 'json '])}\n{body}\n```"
-    lead = rng.choice(["", "", " \n", "Sure: "])
+    lead = rng.choice(["", "", " \n", "Sure: ", "I ", "true ", "7", "\u3000", "The "])
     tail = rng.choice(["", "", "\n", "  \n\n", "\nThis calls f.", " {}", "}", "\n```", ", ok", "\u3000"])
     return lead + body + tail
 
 
-def test_cut_answers_get_the_verdict_of_the_whole_answer():
+@pytest.mark.parametrize("fail_fast", [False, True])
+def test_cut_answers_get_the_verdict_of_the_whole_answer(fail_fast):
     """For single and parallel-call schemas, and answers that end cleanly, ramble, repeat, carry braces and
-    escapes in strings, are fenced or unbalanced: the cut text passes or fails, in the same category, as
-    the whole text. The message is the same too, except for a fenced answer followed by more text: the
-    whole text's message depends on whether it ends in another fence, which the cut cannot know."""
+    escapes in strings, are fenced or unbalanced, or start in prose: the cut text passes or fails, in the same
+    category, as the whole text. The message is the same too, except for a fenced answer followed by more
+    text: the whole text's message depends on whether it ends in another fence, which the cut cannot know."""
     rng = random.Random(1)
-    stopped = passed = 0
+    stopped = passed = prose = 0
     for i in range(1500):
         text = _random_answer(rng)
         for pieces in list(chunkings(text, seed=i))[1:3]:
-            got = cut("json", pieces)
+            got = cut("json", pieces, fail_fast=fail_fast)
             for schema in (SINGLE, PARALLEL):
                 whole = validate_output(text, schema, "json")
                 part = validate_output(got if got is not None else text, schema, "json")
@@ -166,7 +187,9 @@ def test_cut_answers_get_the_verdict_of_the_whole_answer():
                     assert part.detail == whole.detail, (text, got)
                 passed += whole.passed
             stopped += got is not None and got != text
+            prose += got is not None and len(got.strip()) == 1
     assert stopped > 300 and passed > 300  # both kinds were exercised
+    assert (prose > 300) == fail_fast  # fail_fast stopped the answers that start in prose, and only it
 
 
 def test_bfcl_answers_parse_to_the_same_calls_when_cut():
@@ -276,3 +299,29 @@ def test_compacting_and_generate_stop_the_same_rows():
         k = b.index(close) + 2 if close in b[:-1] else len(b)
         assert a == b[:k]
     assert sum(len(a[0]) < len(b[0]) for a, b in zip(ours, free)) >= 10
+
+
+def test_fail_fast_ends_prose_rows_on_their_first_token():
+    """stage=evaluate's strict SSPR: a row whose first token starts prose ends on it, with ours and with
+    generate alike, and every row's verdict is the verdict of its uncut text."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, pad_token_id=0)).eval()
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(1, 39, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(40)]
+    chars = '{}"a :,\n'
+    tok = SimpleNamespace(pad_token_id=0, eos_token_id=39,
+                          decode=lambda ids, skip_special_tokens=True: "".join(chars[i % len(chars)] for i in ids))
+    kw = dict(max_new_tokens=12, batch_size=16, desc=None)
+    free = generation.generate_ids(model, tok, prompts, compact=True, **kw)
+    kw.update(stop_at_call="json", fail_fast=True)
+    ours = generation.generate_ids(model, tok, prompts, compact=True, **kw)
+    assert generation.generate_ids(model, tok, prompts, compact=False, **kw) == ours
+    first_prose = [tok.decode(b[0]).lstrip()[:1] not in "{[\"-0123456789tfnNI`" for b in free]
+    assert sum(first_prose) >= 10
+    for (a,), (b,), prose in zip(ours, free, first_prose):
+        if prose:
+            assert a == b[:len(a)] and tok.decode(a).strip() == tok.decode(b).lstrip()[:1]
+        assert validate_output(tok.decode(a), SINGLE, "json") == validate_output(tok.decode(b), SINGLE, "json")

@@ -215,6 +215,8 @@ def test_stepwise_trainer_matches_its_unshared_self(tmp_path):
 def test_dpo_stage_trains_through_the_shared_path_and_can_switch_it_off(tiny, tmp_path):
     from agent_align.stages.context import RunContext
     from agent_align.stages.dpo import train_round
+    from agent_align.train.fast import Bf16ReferenceMixin
+    from agent_align.train.shared_prompt import SharedPromptMixin
 
     model, tok = tiny
     from datasets import Dataset
@@ -222,10 +224,11 @@ def test_dpo_stage_trains_through_the_shared_path_and_can_switch_it_off(tiny, tm
     ds = Dataset.from_list(pairs(model.config.vocab_size, n=8))
     for flag in (True, False):
         cfg = compose([*MICRO, "loss=rpo", "dpo.max_steps=2", "hardware.dpo_batch_size=4", "dpo.lr=1e-2",
-                       f"hardware.shared_prompt_dpo={str(flag).lower()}", f"run_dir={tmp_path / str(flag)}"])
+                       f"hardware.shared_prompt_dpo={str(flag).lower()}", f"hardware.bf16_reference={str(flag).lower()}",
+                       f"run_dir={tmp_path / str(flag)}"])
         m = copy.deepcopy(model)
         before = [p.detach().clone() for p in m.parameters()]
         trainer = train_round(cfg, RunContext(run_dir=tmp_path / str(flag)), m, tok, ds, 0)
-        assert type(trainer).__name__.startswith("SharedPrompt") == flag
+        assert isinstance(trainer, SharedPromptMixin) == flag and isinstance(trainer, Bf16ReferenceMixin) == flag
         assert all(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
         assert any("loss" in h for h in trainer.state.log_history)

@@ -1,5 +1,5 @@
-"""Sampling with the compacting decoder: the same draws as transformers' generate while the batch is whole,
-the same distribution once rows leave it, and finished rows really leave it."""
+"""Sampling with the compacting decoder: generate's distribution while the batch is whole and once rows leave
+it, and finished rows really leave it."""
 
 from __future__ import annotations
 
@@ -40,18 +40,51 @@ def _ours(model, tok, prompts, **kw):
     return generation.generate_ids(model, tok, prompts, desc=None, compact=True, **kw)
 
 
+def test_draw_follows_the_probabilities(monkeypatch):
+    """The inverse-CDF draw: frequencies match the row's probabilities (chi-square over 200k draws per row),
+    zero-probability tokens (top-p's cut, the edges of the vocabulary) never come up, and u * total rounding up
+    to the total still lands on the last token with any probability."""
+    from scipy.stats import chisquare
+
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(3, 50) * 2, dim=-1)
+    probs[:, :3] = 0  # removed by a warper, at the left edge ...
+    probs[1, 40:] = 0  # ... and the right one
+    probs[2, 10:20] = 0  # ... and in the middle
+    probs /= probs.sum(-1, keepdim=True)
+    counts = torch.zeros_like(probs)
+    for _ in range(100):
+        idx = generation.draw(probs.repeat_interleave(2000, dim=0)).view(3, 2000)
+        counts += torch.nn.functional.one_hot(idx, 50).sum(1)
+    assert counts[probs == 0].sum() == 0
+    for c, p in zip(counts, probs):
+        keep = p > 0
+        assert chisquare(c[keep].numpy(), (p[keep] * c.sum()).numpy()).pvalue > 1e-3
+    skewed = torch.softmax(torch.randn(50), dim=-1)
+    assert chisquare(counts[0][probs[0] > 0].numpy(), (skewed[probs[0] > 0] / skewed[probs[0] > 0].sum()
+                                                        * counts[0].sum()).numpy()).pvalue < 1e-4
+
+    # u = 1 * total (u * total can round up to it): the guard keeps the draw on the last token with probability
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.ones(*a, dtype=k.get("dtype")))
+    assert generation.draw(probs).tolist() == [49, 39, 49]
+
+
 @pytest.mark.parametrize("temperature,top_p,n", [(1.0, 1.0, 3), (0.7, 0.9, 2)])
-def test_sampling_draws_what_generate_draws_while_the_batch_is_whole(temperature, top_p, n):
-    """Same seed, same rows, same multinomial calls: token for token, over several batches (the RNG carries on)."""
-    model, prompts = _model(), _prompts()
+def test_sampling_draws_generates_distribution_while_the_batch_is_whole(temperature, top_p, n):
+    """No row ends: whole sequences per prompt against generate's over thousands of samples, with temperature and
+    top-p applied as generate applies them (the same test tells a 1.25x temperature apart). Seeded: reproducible."""
+    model, prompts = _model(vocab=8, scale=6.0, seed=1), _prompts(2, vocab=8, seed=5)
     tok = SimpleNamespace(pad_token_id=0, eos_token_id=NEVER)
-    kw = dict(max_new_tokens=10, batch_size=5, do_sample=True, temperature=temperature, top_p=top_p,
-              num_return_sequences=n, seed=11)
-    ours, theirs = _ours(model, tok, prompts, **kw), _hf(model, tok, prompts, **kw)
-    assert ours == theirs
-    assert all(len(seqs) == n and all(len(s) == 10 for s in seqs) for seqs in ours)
-    assert any(len({tuple(s) for s in seqs}) > 1 for seqs in ours)  # the samples of one prompt differ
-    assert _ours(model, tok, prompts, **{**kw, "seed": 12}) != ours
+    kw = dict(max_new_tokens=3, batch_size=2, do_sample=True, temperature=temperature, top_p=top_p,
+              num_return_sequences=1500 * n)
+    ours = _ours(model, tok, prompts, seed=1, **kw)
+    assert all(len(seqs) == 1500 * n for seqs in ours)
+    assert _ours(model, tok, prompts, seed=1, **kw) == ours and _ours(model, tok, prompts, seed=2, **kw) != ours
+    ours, theirs = _sequences(ours, prompts), _sequences(_hf(model, tok, prompts, seed=2, **kw), prompts)
+    assert len(ours) > 20
+    assert _same_distribution_p(ours, theirs) > 1e-3
+    hotter = _sequences(_ours(model, tok, prompts, seed=1, **{**kw, "temperature": 1.25 * temperature}), prompts)
+    assert _same_distribution_p(hotter, theirs) < 1e-4
 
 
 def _forward_batches(model):
@@ -94,8 +127,7 @@ def _same_distribution_p(a: Counter, b: Counter) -> float:
 
 
 def test_sampling_keeps_generates_distribution_after_rows_leave(monkeypatch):
-    """Once a row leaves, the multinomial runs over fewer rows, so the draws differ from generate's: compare
-    whole sequences per prompt over thousands of samples. The same test tells a 1.25x temperature apart,
+    """Rows leave the batch as they end: compare whole sequences per prompt over thousands of samples. The same test tells a 1.25x temperature apart,
     and a compaction that keeps the wrong cache rows: it can fail."""
     from transformers import DynamicCache
 

@@ -32,6 +32,7 @@ from agent_align.stages.generate import data_paths
 from agent_align.train.common import log_history_rows, resume_point, save_final, trainer_kwargs, wrap_peft
 from agent_align.train.dpo import TRAINERS, masked_preference_dataset
 from agent_align.train.encode import chat_of, system_prompt
+from agent_align.train.fast import with_bf16_reference
 from agent_align.train.shared_prompt import with_shared_prompt
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,8 @@ def train_round(cfg, ctx: RunContext, model, tok, dataset, round_idx: int):
     hw = cfg.hardware
     if hw.shared_prompt_dpo:  # each pair's prompt through the model once (agent_align.train.shared_prompt)
         trainer_cls = with_shared_prompt(trainer_cls)
+    if hw.bf16_reference:  # the precomputed reference pass on a bf16 copy where bf16 runs on CPU (train/fast.py)
+        trainer_cls = with_bf16_reference(trainer_cls)
     args = DPOConfig(**trainer_kwargs(cfg, cfg.dpo, out, hw.dpo_batch_size, hw.dpo_grad_accum,
                                       f"{cfg.experiment_name}-dpo-r{round_idx}"),
                      beta=cfg.loss.beta, loss_type=list(cfg.loss.loss_type),

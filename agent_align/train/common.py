@@ -56,6 +56,18 @@ def trainer_kwargs(cfg, stage_cfg, out_dir: Path, batch: int, accum: int, run_na
     return kw
 
 
+_MIXED: dict[tuple[type, type], type] = {}
+
+
+def mixed_in(mixin: type, trainer_cls: type, prefix: str) -> type:
+    """``trainer_cls`` with ``mixin`` in front, one class per pair (so pickling and ``isinstance`` behave)."""
+    key = (mixin, trainer_cls)
+    if key not in _MIXED:
+        _MIXED[key] = type(f"{prefix}{trainer_cls.__name__}", (mixin, trainer_cls),
+                           {"__module__": mixin.__module__, "__doc__": trainer_cls.__doc__})
+    return _MIXED[key]
+
+
 def last_checkpoint(out_dir: Path) -> str | None:
     """Newest complete ``checkpoint-N`` (one with trainer_state.json) in ``out_dir``."""
     if not out_dir.is_dir():

@@ -135,13 +135,8 @@ class SharedPromptMixin:
         return super().compute_ref_log_probs(self._packed(model), inputs)
 
 
-_CLASSES: dict[type, type] = {}
-
-
 def with_shared_prompt(trainer_cls: type) -> type:
-    """``trainer_cls`` with SharedPromptMixin in front (one class per trainer class, so pickling and
-    ``isinstance`` behave)."""
-    if trainer_cls not in _CLASSES:
-        _CLASSES[trainer_cls] = type(f"SharedPrompt{trainer_cls.__name__}", (SharedPromptMixin, trainer_cls),
-                                     {"__module__": __name__, "__doc__": trainer_cls.__doc__})
-    return _CLASSES[trainer_cls]
+    """``trainer_cls`` with SharedPromptMixin in front."""
+    from agent_align.train.common import mixed_in
+
+    return mixed_in(SharedPromptMixin, trainer_cls, "SharedPrompt")
