@@ -25,8 +25,10 @@ the JSON value) a ``json`` row whose first non-space character can start no JSON
 ``json.loads`` then fails at character 0 with "Expecting value" whatever follows, so the verdict and its
 message are those of the whole answer. The base model's prose answers stop after a token instead of
 running to the token limit. Not for BFCL, whose Python call syntax ``f(a=1)`` starts with a letter, nor
-for samples that become training pairs, whose rejected text should be what the model would write. Written by hand: incremental JSON parsers (ijson, json-stream) neither skip a
-fence nor find the react block, and a 4-state character loop costs microseconds per token.
+for samples that become training pairs, whose rejected text should be what the model would write.
+
+Written by hand: incremental JSON parsers (ijson, json-stream) neither skip a fence nor find the react
+block, and a 4-state character loop costs microseconds per token.
 """
 
 from __future__ import annotations
