@@ -327,12 +327,11 @@ def eval_ours(spec: dict) -> dict:
 
 
 def _verdicts(rows: list[dict], outputs: list[str], cfg) -> list[list]:
-    """The strict verdict of each output, [passed, category]: what both sides' outputs must agree on where ours
-    stops a row early (at its complete call, or on the first character of prose)."""
-    from agent_align.validation.validator import validate_output
+    """The strict verdict of each output, [passed, category], scored as stage=evaluate scores it: what both sides'
+    outputs must agree on where ours stops a row early (at its complete call, or on the first character of prose)."""
+    from agent_align.stages.evaluate import score
 
-    return [[v.passed, v.category] for v in (validate_output(o, r["schema"], cfg.data.format)
-                                             for r, o in zip(rows, outputs))]
+    return [[v.passed, v.category] for v in score(cfg, rows, outputs)[1]]
 
 
 def eval_baseline(spec: dict) -> dict:

@@ -122,13 +122,14 @@ class Bf16ReferenceMixin:
 
     def _precompute_ref_logps(self, dataset, name, batch_size):
         import torch
+        from accelerate.utils import is_peft_model
         from trl.trainer.utils import add_fused_lm_head
 
         from agent_align.generation import inference_copy
 
         model = self.model
         if (self.args.bf16 and self.ref_model is None and not self.is_deepspeed_enabled and model.device.type == "cpu"
-                and model.dtype == torch.float32 and not hasattr(model, "peft_config")):
+                and model.dtype == torch.float32 and not is_peft_model(model)):
             self._ref_copy = inference_copy(model, True)
             add_fused_lm_head(self._ref_copy)
         try:
