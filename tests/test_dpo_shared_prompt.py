@@ -232,3 +232,29 @@ def test_dpo_stage_trains_through_the_shared_path_and_can_switch_it_off(tiny, tm
         assert isinstance(trainer, SharedPromptMixin) == flag and isinstance(trainer, Bf16ReferenceMixin) == flag
         assert all(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
         assert any("loss" in h for h in trainer.state.log_history)
+
+
+def test_dpo_activation_checkpointing_changes_memory_not_the_updates(tiny, tmp_path):
+    """hardware.dpo_gradient_checkpointing (cpu.yaml: on) recomputes activations in the backward; the losses and the
+    trained weights are the ones without it."""
+    from agent_align.stages.context import RunContext
+    from agent_align.stages.dpo import train_round
+
+    model, tok = tiny
+    from datasets import Dataset
+
+    ds = Dataset.from_list(pairs(model.config.vocab_size, n=8))
+    runs = {}
+    for flag in (True, False):
+        cfg = compose([*MICRO, "loss=rpo", "dpo.max_steps=2", "hardware.dpo_batch_size=4", "dpo.lr=1e-2",
+                       f"hardware.dpo_gradient_checkpointing={str(flag).lower()}", f"run_dir={tmp_path / str(flag)}"])
+        trainer = train_round(cfg, RunContext(run_dir=tmp_path / str(flag)), copy.deepcopy(model), tok, ds, 0)
+        assert trainer.args.gradient_checkpointing == flag
+        layers = [m for m in trainer.model.modules() if hasattr(m, "gradient_checkpointing")]
+        assert layers and all(m.gradient_checkpointing == flag for m in layers)
+        runs[flag] = ([h["loss"] for h in trainer.state.log_history if "loss" in h],
+                      [p.detach().clone() for p in trainer.model.parameters()])
+    (loss_on, w_on), (loss_off, w_off) = runs[True], runs[False]
+    assert loss_on and loss_on == pytest.approx(loss_off, rel=1e-5)
+    for a, b in zip(w_on, w_off):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from agent_align import generation
+from agent_align.generation import batched
 
 
 def _model():
@@ -53,11 +54,11 @@ def test_compacting_is_skipped_when_the_generation_config_processes_logits():
     model.generation_config.repetition_penalty = 1.3
     assert not generation.plain_decoding(model)
     calls = []
-    orig = generation.decode_compacting
+    orig = batched.decode_compacting
     try:
-        generation.decode_compacting = lambda *a, **k: calls.append(1) or orig(*a, **k)
+        batched.decode_compacting = lambda *a, **k: calls.append(1) or orig(*a, **k)
         generation.generate_ids(model, SimpleNamespace(pad_token_id=0, eos_token_id=39), _prompts(3), max_new_tokens=4,
                                 desc=None)
     finally:
-        generation.decode_compacting = orig
+        batched.decode_compacting = orig
     assert not calls  # transformers' generate applies the penalty instead

@@ -175,7 +175,7 @@ def test_system_prompts_tell_the_model_about_lists():
 
 
 def test_evaluate_reports_the_parallel_split_and_gives_it_more_tokens(cfg_factory, monkeypatch):
-    from agent_align import generation
+    from agent_align.generation import batched
     from agent_align.stages import evaluate
 
     cfg = cfg_factory("evaluate.max_new_tokens=40")
@@ -189,7 +189,7 @@ def test_evaluate_reports_the_parallel_split_and_gives_it_more_tokens(cfg_factor
             budgets[b] = budgets.get(b, 0) + 1
         return [[[i[0]]] for i in ids]
 
-    monkeypatch.setattr(generation, "generate_ids", fake_generate_ids)  # generate_by_budget's decoder
+    monkeypatch.setattr(batched, "generate_ids", fake_generate_ids)  # generate_by_budget's decoder
     texts = [r["chosen"] for r in rows]  # a perfect model: "token" k decodes to row k's chosen answer
     row_index = iter(range(len(rows)))
     enc = SimpleNamespace(prompt_ids=lambda chat: [next(row_index)])

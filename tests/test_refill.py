@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from agent_align import generation
+from agent_align.generation import decoder
 from tests.test_sampling import (
     NEVER,
     _model,
@@ -50,6 +51,39 @@ def test_refilled_rows_decode_greedily_as_they_would_alone(batch_size):
     assert len(lengths) > 2 and max(lengths) <= 24
 
 
+@pytest.mark.parametrize("batch_size,n", [(16, 1), (5, 1), (6, 3)])
+def test_prefill_in_length_groups_skips_padding_and_decodes_as_one_forward(monkeypatch, batch_size, n):
+    """``PREFILL_TOKENS`` small: the batch and every refill are prefilled in groups of similar length, each cut to
+    its own longest prompt; greedy rows still equal each prompt decoded alone, and samples equal the one-forward
+    prefill's with the same seed (same draws on the same logits up to float rounding)."""
+    model = _model(vocab=40)
+    prompts = _prompts(16, vocab=40, seed=7)
+    tok = SimpleNamespace(pad_token_id=0, eos_token_id=_eos_that_ends_rows_early(model, prompts))
+    kw = dict(max_new_tokens=24, batch_size=batch_size, desc=None, compact=True)
+    if n > 1:
+        kw.update(do_sample=True, num_return_sequences=n, seed=3)
+    whole = generation.generate_ids(model, tok, prompts, **kw)
+    monkeypatch.setattr(decoder, "PREFILL_TOKENS", 24)
+    shapes = _decode_batches(model)
+    grouped = generation.generate_ids(model, tok, prompts, **kw)
+    prefills = [s for s in shapes if s[1] > 1]
+    longest = max(map(len, prompts))
+    assert len(prefills) > -(-len(prompts) // batch_size), "no batch was prefilled in groups"
+    assert all(rows * width <= max(24, width) for rows, width in prefills)
+    assert sum(rows * width for rows, width in prefills) < len(prompts) * longest  # padding columns not computed
+    assert grouped == whole
+    if n == 1:
+        for p, seqs in zip(prompts, grouped):
+            assert seqs == generation.generate_ids(model, tok, [p], max_new_tokens=24, desc=None, compact=False)[0]
+
+
+def test_length_groups():
+    assert decoder._chunks([], 10) == []
+    # 3 x 4 = 12 tokens fit; 4 x 5 and then 3 x 9 do not
+    assert decoder._chunks([3, 3, 4, 5, 5, 9], 12) == [(0, 3), (3, 5), (5, 6)]
+    assert decoder._chunks([2, 2, 2], 100) == [(0, 3)]
+
+
 def test_the_batch_stays_full_while_prompts_wait():
     model, prompts = _model(vocab=12, scale=8.0), _prompts(40, vocab=12)
     tok = SimpleNamespace(pad_token_id=0, eos_token_id=3)
@@ -80,7 +114,7 @@ def test_sampling_with_refills_keeps_generates_distribution(monkeypatch):
     prompts = [p, q] * 300
     tok = SimpleNamespace(pad_token_id=0, eos_token_id=2)
     kw = dict(max_new_tokens=4, batch_size=40, do_sample=True, num_return_sequences=4, desc=None)
-    layer = generation._slot_layer()
+    layer = decoder._slot_layer()
     admitted = []
     real = layer.admit
     monkeypatch.setattr(layer, "admit", lambda self, slots, k, v: (admitted.append(len(slots)), real(self, slots, k, v))[1])
@@ -107,11 +141,11 @@ def test_a_longer_waiting_prompt_widens_the_cache(monkeypatch):
         made[row] += 1
         return made[row] == stop_after.get(row)
 
-    layer = generation._slot_layer()
+    layer = decoder._slot_layer()
     moves = []
     real = layer._move
     monkeypatch.setattr(layer, "_move", lambda self, left, size: (moves.append(left), real(self, left, size))[1])
-    ids, mask = generation._left_pad(prompts[:2], 0, "cpu")
+    ids, mask = decoder._left_pad(prompts[:2], 0, "cpu")
     with torch.inference_mode():
         out = generation.decode_compacting(model, ids, mask, 24, NEVER, ends_after=ends_after, waiting=prompts[2:])
     assert any(left > 0 for left in moves), "the cache never grew on the left"

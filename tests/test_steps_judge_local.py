@@ -65,12 +65,12 @@ def test_local_judge_batches_parses_caches_and_falls_back(tmp_path, monkeypatch,
     scorer_cfg = OmegaConf.merge(cfg.scorer, {"model_path": str(judge_dir)})
 
     batches = []
-    original = agent_align.generation.generate_ids
+    original = agent_align.generation.batched.generate_ids
 
     def counting(model_, tok_, prompt_ids, **kwargs):  # one batched decode per call (compacting or generate)
         batches.append(min(len(prompt_ids), kwargs.get("batch_size", 64)))
         return original(model_, tok_, prompt_ids, **kwargs)
-    monkeypatch.setattr(agent_align.generation, "generate_ids", counting)
+    monkeypatch.setattr(agent_align.generation.batched, "generate_ids", counting)  # what generate() calls
 
     judge = LMJudgeScorer(scorer_cfg, cfg)
     with caplog.at_level(logging.WARNING, logger="agent_align.steps.judge"):

@@ -160,8 +160,10 @@ def train_round(cfg, ctx: RunContext, model, tok, dataset, round_idx: int):
         trainer_cls = with_shared_prompt(trainer_cls)
     if hw.bf16_reference:  # the precomputed reference pass on a bf16 copy where bf16 runs on CPU (train/fast.py)
         trainer_cls = with_bf16_reference(trainer_cls)
-    args = DPOConfig(**trainer_kwargs(cfg, cfg.dpo, out, hw.dpo_batch_size, hw.dpo_grad_accum,
-                                      f"{cfg.experiment_name}-dpo-r{round_idx}"),
+    kw = trainer_kwargs(cfg, cfg.dpo, out, hw.dpo_batch_size, hw.dpo_grad_accum, f"{cfg.experiment_name}-dpo-r{round_idx}")
+    if hw.dpo_gradient_checkpointing is not None:
+        kw["gradient_checkpointing"] = hw.dpo_gradient_checkpointing
+    args = DPOConfig(**kw,
                      beta=cfg.loss.beta, loss_type=list(cfg.loss.loss_type),
                      loss_weights=list(cfg.loss.loss_weights) if cfg.loss.loss_weights else None,
                      label_smoothing=cfg.loss.label_smoothing,
