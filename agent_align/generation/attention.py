@@ -13,6 +13,9 @@ function unchanged: it computes the same thing with the same kernel family (test
 from __future__ import annotations
 
 import contextlib
+import logging
+
+log = logging.getLogger(__name__)
 
 NAME = "agent_align_sdpa"
 
@@ -57,7 +60,11 @@ def packed_decoding(model):
     switch = getattr(config, "_attn_implementation", None) == "sdpa" and hasattr(model, "set_attn_implementation")
     if switch:
         _register()
-        model.set_attn_implementation(NAME)
+        try:
+            model.set_attn_implementation(NAME)
+        except (ValueError, NotImplementedError, AttributeError) as err:  # a model class that refuses custom functions
+            log.debug("decoding with sdpa as it is: %s", err)
+            switch = False
     try:
         yield model
     finally:

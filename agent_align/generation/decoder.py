@@ -19,7 +19,8 @@ def decode_compacting(model, ids, mask, max_new_tokens: int | Sequence[int], eos
     ends on ``eos``, on a token that makes ``ends_after(row, token)`` true (kept), or after ``max_new_tokens``
     (one limit, or one per prompt).
     Several samples per prompt share one prefill: its cache rows are repeated (``batch_repeat_interleave``),
-    where ``generate`` prefills each copy.
+    where ``generate`` prefills each copy. Prompts are prefilled in groups of similar length of at most
+    ``PREFILL_TOKENS`` padded tokens, each group cut to its longest prompt (``prefill``).
 
     Continuous batching: once ``refill_at`` (default ``REFILL_AT``) of the batch's rows have ended, as many
     waiting prompts as fit are prefilled together and their cache rows written into the ended rows' slots,
@@ -62,11 +63,11 @@ def decode_compacting(model, ids, mask, max_new_tokens: int | Sequence[int], eos
                 rows = rows_by_length[lo:hi]
                 cut = width - int(lengths[rows].max())
                 part = DynamicCache(config=model.config)
-                out = model(input_ids=ids[rows, cut:], attention_mask=mask[rows, cut:], position_ids=pos[rows, cut:],
-                            use_cache=True, **{cache_key: part}, **head).logits[:, -1]
+                group_logits = model(input_ids=ids[rows, cut:], attention_mask=mask[rows, cut:],
+                                     position_ids=pos[rows, cut:], use_cache=True, **{cache_key: part}, **head).logits[:, -1]
                 if logits is None:
-                    logits = out.new_empty((ids.shape[0], out.shape[-1]))
-                logits[rows] = out
+                    logits = group_logits.new_empty((ids.shape[0], group_logits.shape[-1]))
+                logits[rows] = group_logits
                 for layer, src in zip(cache.layers, part.layers):
                     layer.place(rows, src.keys, src.values, ids.shape[0], width)
         return logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0), pos[:, -1].repeat_interleave(n, 0)
