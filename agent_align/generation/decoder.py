@@ -54,7 +54,7 @@ def decode_compacting(model, ids, mask, max_new_tokens: int | Sequence[int], eos
         lengths = mask.sum(-1)
         rows_by_length = torch.argsort(lengths, stable=True)
         groups = _chunks(lengths[rows_by_length].tolist(), PREFILL_TOKENS)
-        if len(groups) == 1 or not all(isinstance(layer, _slot_layer()) for layer in cache.layers):
+        if len(groups) == 1 or not _slotted(cache):
             logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                            **{cache_key: cache}, **head).logits[:, -1]
         else:
@@ -81,7 +81,7 @@ def decode_compacting(model, ids, mask, max_new_tokens: int | Sequence[int], eos
 
     cache, logits, mask, last, live = start(ids, mask, 0)  # live: batch position -> output row
     next_row = len(live)
-    refillable = bool(queue) and all(isinstance(layer, _slot_layer()) for layer in cache.layers)
+    refillable = bool(queue) and _slotted(cache)
     slots = len(live)  # rows the batch holds while prompts wait
     left = [budget[row // n] for row in live]  # new tokens each row may still make
     ended = [False] * len(live)
@@ -176,11 +176,16 @@ def _trim(cache, mask, ended):
     if not alive:
         return mask
     first = int(mask[alive].any(0).to(mask.dtype).argmax())
-    if first > 0 and all(isinstance(layer, _slot_layer()) for layer in cache.layers):
+    if first > 0 and _slotted(cache):
         for layer in cache.layers:
             layer.drop_columns(first)
         mask = mask[:, first:]
     return mask
+
+
+def _slotted(cache) -> bool:
+    """Every layer of ``cache`` is a ``SlotLayer`` (no sliding-window layers): refills and column drops work."""
+    return all(isinstance(layer, _slot_layer()) for layer in cache.layers)
 
 
 def _cache_with_room(config, room: int):
@@ -216,15 +221,22 @@ def _slot_layer():
             super().__init__()
             self.room = room
 
+        def _start(self, keys, values, rows: int, width: int) -> bool:
+            """On an empty cache: buffers for ``rows`` x ``width`` columns plus the room, the view empty. True if
+            it was empty."""
+            if not self.is_initialized:
+                self.lazy_initialization(keys, values)
+            if self.keys.numel():
+                return False
+            h, d = keys.shape[1], keys.shape[3]
+            # zeros, not empty: columns a refill exposes are masked, and 0 * NaN would still be NaN
+            self.k_buf = keys.new_zeros(rows, h, width + self.room, d)
+            self.v_buf = values.new_zeros(rows, h, width + self.room, d)
+            self.lo = self.hi = 0
+            return True
+
         def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized or self.keys.numel() == 0:
-                if not self.is_initialized:
-                    self.lazy_initialization(key_states, value_states)
-                b, h, t, d = key_states.shape
-                # zeros, not empty: columns a refill exposes are masked, and 0 * NaN would still be NaN
-                self.k_buf = key_states.new_zeros(b, h, t + self.room, d)
-                self.v_buf = value_states.new_zeros(b, h, t + self.room, d)
-                self.lo = self.hi = 0
+            self._start(key_states, value_states, key_states.shape[0], key_states.shape[-2])
             t = key_states.shape[-2]
             if self.hi + t > self.k_buf.shape[-2]:  # out of room: move the view to a new buffer with room again
                 self._move(0, self.hi - self.lo + t + self.room)
@@ -262,13 +274,8 @@ def _slot_layer():
         def place(self, rows, keys, values, batch: int, width: int) -> None:
             """Prefill in groups: write ``rows``' keys and values (their prompts' last columns) right-aligned into
             an empty cache of ``batch`` rows and ``width`` columns, zeros elsewhere (masked padding)."""
-            if not self.is_initialized:
-                self.lazy_initialization(keys, values)
-            if self.keys.numel() == 0:
-                b, h, _, d = keys.shape
-                self.k_buf = keys.new_zeros(batch, h, width + self.room, d)
-                self.v_buf = values.new_zeros(batch, h, width + self.room, d)
-                self.lo, self.hi = 0, width
+            if self._start(keys, values, batch, width):
+                self.hi = width
             self.k_buf[rows, :, width - keys.shape[-2]:width] = keys
             self.v_buf[rows, :, width - values.shape[-2]:width] = values
             self._view()
