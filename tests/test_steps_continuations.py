@@ -192,3 +192,10 @@ def test_dpo_dataset_cache_is_reused_only_for_the_same_pairs(tmp_path):
     assert again["chosen_ids"] == first["chosen_ids"] and len(again) == 1
     changed = to_dataset(cfg, ctx, enc, [a, b], 0)  # a resumed run whose pairs differ must not read the old cache
     assert len(changed) == 2 and "multiply 4 by 5" in tok.decode(changed[1]["prompt_ids"])
+    # under torchrun the other ranks only load what rank 0 wrote (two ranks replacing one directory at
+    # once crashed a DDP run): nothing is tokenised or saved again, and no temp directory is left
+    mtime = (ctx.path("cache", "dpo_dataset_r0") / "pairs.sha256").stat().st_mtime_ns
+    other = to_dataset(cfg, ctx, enc, [], 0, write=False)
+    assert other["prompt_ids"] == changed["prompt_ids"]
+    assert (ctx.path("cache", "dpo_dataset_r0") / "pairs.sha256").stat().st_mtime_ns == mtime
+    assert [p.name for p in ctx.path("cache").iterdir()] == ["dpo_dataset_r0"]

@@ -19,14 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import random
 from collections import Counter
 from pathlib import Path
 
 from agent_align.env.masking import MASKED_LOSSES, STEP_LOSSES
 from agent_align.errors import UserError, config_error, file_error
-from agent_align.jsonl import read_jsonl, write_jsonl
+from agent_align.jsonl import atomic_dir, read_jsonl, write_jsonl
 from agent_align.stages.context import RunContext, checkpoint_files, finished, mark_finished
 from agent_align.stages.generate import data_paths
 from agent_align.train.common import log_history_rows, resume_point, save_final, trainer_kwargs, wrap_peft
@@ -117,12 +116,15 @@ def build_pairs(cfg, ctx, model, tok, enc, rows: list[dict], round_idx: int) -> 
     return pairs, stats
 
 
-def to_dataset(cfg, ctx, enc, pairs: list[dict], round_idx: int):
+def to_dataset(cfg, ctx, enc, pairs: list[dict], round_idx: int, write: bool = True):
     """Tokenised pairs, saved to disk so TRL's reference log-prob cache (keyed by the dataset's
-    fingerprint and the model's hash) survives a resume."""
+    fingerprint and the model's hash, written beside the dataset) survives a resume and is shared
+    by every rank. ``write=False`` (the other ranks, after rank 0 wrote it) only loads it."""
     from datasets import Dataset, load_from_disk
 
     path = ctx.path("cache", f"dpo_dataset_r{round_idx}")
+    if not write:
+        return load_from_disk(str(path))
     key = hashlib.sha256(json.dumps([cfg.loss.name, cfg.model.max_length, cfg.model.max_prompt_length, pairs],
                                     sort_keys=True, default=str).encode()).hexdigest()
     key_file = path / "pairs.sha256"  # the cache holds exactly these pairs, tokenised for this loss and length
@@ -143,32 +145,38 @@ def to_dataset(cfg, ctx, enc, pairs: list[dict], round_idx: int):
         ds = masked_preference_dataset(pairs, enc.tok, cfg.model.max_length, cfg.model.max_prompt_length)
     else:
         ds = Dataset.from_list([enc.dpo_example(chat_of(p, system), p["chosen"], p["rejected"]) for p in pairs])
-    if path.exists():
-        shutil.rmtree(path)
-    ds.save_to_disk(str(path))
-    key_file.write_text(key)
+    with atomic_dir(path) as tmp:  # a killed run leaves the old cache or none, never half of one
+        ds.save_to_disk(str(tmp))
+        (tmp / key_file.name).write_text(key)
     return load_from_disk(str(path))
 
 
-def train_round(cfg, ctx: RunContext, model, tok, dataset, round_idx: int):
+def dpo_args(cfg, ctx: RunContext, round_idx: int):
+    """TRL's DPOConfig for one round (creating it sets up the process group under torchrun)."""
     from trl import DPOConfig
 
-    trainer_cls = TRAINERS.get(cfg.loss.name)
     out = ctx.path("checkpoints", f"dpo-trainer-r{round_idx}")
     hw = cfg.hardware
-    if hw.shared_prompt_dpo:  # each pair's prompt through the model once (agent_align.train.shared_prompt)
-        trainer_cls = with_shared_prompt(trainer_cls)
-    if hw.bf16_reference:  # the precomputed reference pass on a bf16 copy where bf16 runs on CPU (train/fast.py)
-        trainer_cls = with_bf16_reference(trainer_cls)
     kw = trainer_kwargs(cfg, cfg.dpo, out, hw.dpo_batch_size, hw.dpo_grad_accum, f"{cfg.experiment_name}-dpo-r{round_idx}")
     if hw.dpo_gradient_checkpointing is not None:
         kw["gradient_checkpointing"] = hw.dpo_gradient_checkpointing
-    args = DPOConfig(**kw,
+    return DPOConfig(**kw,
                      beta=cfg.loss.beta, loss_type=list(cfg.loss.loss_type),
                      loss_weights=list(cfg.loss.loss_weights) if cfg.loss.loss_weights else None,
                      label_smoothing=cfg.loss.label_smoothing,
                      precompute_ref_log_probs=cfg.dpo.precompute_ref_log_probs,
                      precompute_ref_batch_size=hw.eval_batch_size)
+
+
+def train_round(cfg, ctx: RunContext, model, tok, dataset, round_idx: int, args=None):
+    trainer_cls = TRAINERS.get(cfg.loss.name)
+    hw = cfg.hardware
+    if hw.shared_prompt_dpo:  # each pair's prompt through the model once (agent_align.train.shared_prompt)
+        trainer_cls = with_shared_prompt(trainer_cls)
+    if hw.bf16_reference:  # the precomputed reference pass on a bf16 copy where bf16 runs on CPU (train/fast.py)
+        trainer_cls = with_bf16_reference(trainer_cls)
+    args = args or dpo_args(cfg, ctx, round_idx)
+    out = Path(args.output_dir)
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tok)
     trainer.train(resume_from_checkpoint=resume_point(cfg, out))
     return trainer
@@ -203,7 +211,12 @@ def run(cfg, ctx: RunContext) -> dict:
             log.warning("round %d: no preference pairs (the policy passed every sample); stopping", r)
             rounds.append(stats)
             break
-        trainer = train_round(cfg, ctx, model, tok, to_dataset(cfg, ctx, enc, pairs, r), r)
+        args = dpo_args(cfg, ctx, r)
+        # one writer: rank 0 tokenises and saves the pairs, then the other ranks load the same files
+        # (two ranks replacing one directory at once crashed a DDP run)
+        with args.main_process_first(local=False, desc="the DPO dataset"):
+            dataset = to_dataset(cfg, ctx, enc, pairs, r, write=ctx.is_main)
+        trainer = train_round(cfg, ctx, model, tok, dataset, r, args=args)
         model = trainer.model
         if r + 1 < cfg.dpo.rounds and cfg.hardware.distributed.backend in ("deepspeed", "fsdp"):
             round_dir = ctx.path("checkpoints", f"dpo-r{r}")  # sharded engines: continue from a clean reload

@@ -82,8 +82,7 @@ def last_checkpoint(out_dir: Path) -> str | None:
 
 def resume_point(cfg, out_dir: Path) -> str | None:
     if cfg.resume != "auto":
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
+        shutil.rmtree(out_dir, ignore_errors=True)  # every rank gets here: the one that comes second finds less
         return None
     ckpt = last_checkpoint(out_dir)
     if ckpt:

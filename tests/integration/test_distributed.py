@@ -53,6 +53,16 @@ def torchrun(args: list[str], run_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
 
 
+def failure_report(out: str, per_rank: int = 2500) -> str:
+    """The end of each rank's own output (``--tee`` prefixes its lines with ``[defaultN]:``): the rank
+    that crashed first is rarely the one whose traceback ends the combined log."""
+    parts = []
+    for rank in (0, 1):
+        lines = "\n".join(ln for ln in out.splitlines() if ln.startswith(f"[default{rank}]:"))
+        parts.append(f"--- rank {rank} ---\n{lines[-per_rank:]}")
+    return "\n".join([*parts, "--- torchrun ---", out[-1500:]])
+
+
 def metrics(run_dir: Path, stage: str) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics" / f"{stage}.jsonl").read_text().splitlines() if line]
 
@@ -79,7 +89,7 @@ def test_sft_and_dpo_on_two_cpu_processes(hardware, data, tmp_path):
         inputs = SIZE if stage_args == ["stage=pipeline"] else data  # the pipeline writes data.train_path
         res = torchrun([*stage_args, f"hardware={hardware}", *inputs, *TINY], run_dir)
         out = res.stdout + res.stderr
-        assert res.returncode == 0, out[-4000:]
+        assert res.returncode == 0, failure_report(out)
         stage = stage_args[0].split("=")[1]
         for rank in (0, 1):
             assert any(ln.startswith(f"[default{rank}]:") and f"stage {stage} done" in ln for ln in out.splitlines()), \
