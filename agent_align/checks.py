@@ -58,6 +58,7 @@ RANGES = {
     "dpo.samples_per_prompt": (1, None),
     "dpo.sample_prompts": (0, None),
     "dpo.max_pairs": (0, None),
+    "dpo.decision_tokens": (0, None),
     "dpo.top_p": (0.0, 1.0),
     "peft.r": (1, None),
     "peft.dropout": (0.0, 1.0),

@@ -209,6 +209,9 @@ class DPOStageConfig:
     # wraps its call in a list (train/on_policy.py: without them the aligned model answered all in lists)
     arity_mirrors: bool = True
     precompute_ref_log_probs: bool = True  # no reference model held during training
+    # agent pairs: 0 trains every assistant token of both sides; N trains the tokens the two sides share up to
+    # where they part, and N tokens from there (the decision, not the call format after it: train/dpo.py)
+    decision_tokens: int = 0
     policy_from: Optional[str] = None  # SFT checkpoint to start from (null -> run_dir/checkpoints/sft)
 
 

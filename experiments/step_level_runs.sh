@@ -8,7 +8,8 @@
 # smollm2: the default model and recipe (SFT 60 x 8, on-policy pairs) in react format at a budget that fits
 # a 2-core CPU: 100 eval prompts, 120 sampled prompts, at most 160 pairs, no BFCL; step-wise DPO, then Step-DPO
 # and whole-sequence DPO on the stepwise run's data and SFT, each with reward_eval of its SFT (base) and DPO
-# (tuned) checkpoints. Add loss names after the recipe to run only those: ... smollm2 step_dpo
+# (tuned) checkpoints. Add loss names after the recipe to run only those: ... smollm2 step_dpo; `nat` (not in
+# the default list) runs NAT with its own SFT on the tagged data, then the default RPO from it.
 set -euo pipefail
 out="${1:-runs/step_level}"
 recipe="${2:-tiny}"
@@ -32,6 +33,11 @@ if [ "$recipe" = smollm2 ]; then
   losses=("${@:3}")
   [ ${#losses[@]} -gt 0 ] || losses=(stepwise step_dpo dpo)
   for loss in "${losses[@]}"; do
+    if [ "$loss" = nat ]; then  # NAT trains its own SFT (tagged negatives), then the default RPO on it
+      python -m agent_align run_dir="$out/nat" data.negatives=nat "${common[@]}"
+      python -m agent_align stage=reward_eval run_dir="$out/nat" data.negatives=nat "${common[@]}"
+      continue
+    fi
     if [ "$loss" != stepwise ]; then
       [ -d "$out/stepwise/checkpoints/sft" ] || { echo "error: $out/stepwise has no SFT checkpoint: run stepwise first" >&2; exit 2; }
       [ -d "$out/$loss/checkpoints/sft" ] || reuse_sft "$out/stepwise" "$out/$loss"

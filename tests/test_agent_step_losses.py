@@ -328,6 +328,9 @@ def test_agentic_pipeline_takes_step_losses_on_trajectory_pairs_only(loss):
     with pytest.raises(UserError, match=rf"'loss.name' = '{loss}': informed step pairs have one turn per side.*"
                                         r"agent.preference_granularity=trajectory"):
         check_config(compose(["+experiment=agentic_sft_dpo", f"loss={loss}"]))
+    with pytest.raises(UserError, match=rf"'dpo.decision_tokens' = 1: loss={loss} weighs whole turns"):
+        check_config(compose([*TRAJ, f"loss={loss}", "dpo.decision_tokens=1"]))  # at start, not after SFT
+    check_config(compose(["+experiment=agentic_sft_dpo", "dpo.decision_tokens=1"]))
     if loss == "step_dpo":
         with pytest.raises(UserError, match=r"'steps.step_dpo_chosen' = 'rest': on agent trajectories"):
             check_config(compose([*TRAJ, "loss=step_dpo", "steps.step_dpo_chosen=rest"]))

@@ -279,3 +279,47 @@ def test_agentic_pipeline_trains_dpo_on_trajectory_pairs(tmp_path, monkeypatch):
     assert all(r["chosen_sample_id"].endswith("-s0") and r["rejected_sample_id"].endswith("-s1") for r in rows)
     assert summary["preference_granularity"] == "trajectory" and summary["sampled"]["trajectory_pairs"] == len(rows)
     assert "informed" not in summary and summary["sampled"]["n"] == 2 * len({r["task_id"] for r in rows})
+
+
+def test_decision_tokens_train_only_up_to_where_the_sides_part(tmp_path, tiny):
+    """dpo.decision_tokens=N: the tokens both calls share (they cancel in the margin) and N tokens from where
+    they part; the arguments' JSON after that, written alike by both sides, is not trained."""
+    from agent_align.train.dpo import decision_masks, masked_preference_dataset
+
+    tok = tiny[2]
+    rows = [row([call("Mei Sato")], [call("Sato")]), row([FINAL], [call("Mei Sato")])]
+    full = masked_preference_dataset(rows, tok, max_length=512, max_prompt_length=400)
+    one = masked_preference_dataset(rows, tok, max_length=512, max_prompt_length=400, decision_tokens=1)
+    for ex, cut in zip(full, one):
+        c, r = ex["chosen_ids"], ex["rejected_ids"]
+        k = next(i for i in range(min(len(c), len(r))) if c[i] != r[i])
+        for side in ("chosen", "rejected"):
+            kept = [i for i, m in enumerate(cut[f"{side}_mask"]) if m]
+            assert kept == [i for i, m in enumerate(ex[f"{side}_mask"]) if m and i <= k]
+            assert sum(cut[f"{side}_mask"]) < sum(ex[f"{side}_mask"])
+    # the first pair's calls part inside the name's value: what is trained ends there, on both sides
+    def trained(side):
+        return tok.decode([t for t, m in zip(one[0][f"{side}_ids"], one[0][f"{side}_mask"]) if m])
+
+    assert trained("chosen").endswith('"name": "M') and trained("rejected").endswith('"name": "S')
+    # more tokens than either side has: every assistant token, as without the option
+    assert decision_masks(full[1], 10_000)["chosen_mask"] == full[1]["chosen_mask"]
+    # TRL's collator trains exactly what the masks keep
+    trainer = make_trainer(tmp_path, tiny, rows[:1])
+    trainer.train_dataset = one.select([0])
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    assert batch["completion_mask"].sum(dim=1).tolist() == [sum(one[0]["chosen_mask"]), sum(one[0]["rejected_mask"])]
+
+
+def test_decision_tokens_fail_at_start_where_they_would_do_nothing(tmp_path):
+    from agent_align.stages.dpo import check_pair_rows
+
+    single = [{"prompt": "p", "chosen": "a", "rejected": "b", "schema": {}, "_line": 1}]
+    with pytest.raises(UserError, match=r"config key 'dpo.decision_tokens' = 2: .*single-call pairs"):
+        check_pair_rows(compose(["dpo.decision_tokens=2"]), single, tmp_path / "pairs.jsonl")
+    agent = [{**row([call("Mei Sato"), obs("ok"), FINAL], [call("Sato"), obs("ERROR")]), "_line": 1,
+              "chosen_scores": [1, 1], "rejected_scores": [0]}]
+    cfg = compose(["dpo.decision_tokens=2", "loss=stepwise", "data.negatives_source=synthetic"])
+    with pytest.raises(UserError, match=r"'dpo.decision_tokens' = 2: loss=stepwise"):
+        check_pair_rows(cfg, agent, tmp_path / "pairs.jsonl")
+    check_pair_rows(compose(["dpo.decision_tokens=2", "data.negatives_source=synthetic"]), agent, tmp_path / "p.jsonl")

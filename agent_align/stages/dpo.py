@@ -53,9 +53,15 @@ def check_pair_rows(cfg, rows: list[dict], path) -> None:
                            f"they train with loss={'|'.join(MASKED_LOSSES + STEP_LOSSES)}")
     if conv and cfg.loss.name in STEP_LOSSES:
         check_step_loss_rows(cfg, rows, path)
+        if cfg.dpo.decision_tokens:
+            raise config_error("dpo.decision_tokens", cfg.dpo.decision_tokens, f"loss={cfg.loss.name} weighs whole "
+                               "turns by their step scores; the decision mask is for loss=dpo|ipo|rpo: set it to 0")
     if conv and cfg.data.negatives_source != "synthetic":
         raise config_error("data.negatives_source", cfg.data.negatives_source, f"{path} holds agent pairs, whose "
                            "rejected side is in the file; set data.negatives_source=synthetic")
+    if not conv and cfg.dpo.decision_tokens:
+        raise config_error("dpo.decision_tokens", cfg.dpo.decision_tokens, f"{path} holds single-call pairs; the "
+                           "decision mask applies to agent pairs (message lists): set dpo.decision_tokens=0")
     if conv and cfg.data.negatives == "nat":
         raise config_error("data.negatives", "nat", "negative-aware tags apply to single-turn prompts, not agent pairs; "
                            "use data.negatives=standard")
@@ -125,7 +131,8 @@ def to_dataset(cfg, ctx, enc, pairs: list[dict], round_idx: int, write: bool = T
     path = ctx.path("cache", f"dpo_dataset_r{round_idx}")
     if not write:
         return load_from_disk(str(path))
-    key = hashlib.sha256(json.dumps([cfg.loss.name, cfg.model.max_length, cfg.model.max_prompt_length, pairs],
+    key = hashlib.sha256(json.dumps([cfg.loss.name, cfg.model.max_length, cfg.model.max_prompt_length,
+                                     cfg.dpo.decision_tokens, pairs],
                                     sort_keys=True, default=str).encode()).hexdigest()
     key_file = path / "pairs.sha256"  # the cache holds exactly these pairs, tokenised for this loss and length
     if cfg.resume == "auto" and (path / "dataset_info.json").exists() and key_file.exists() \
@@ -142,7 +149,8 @@ def to_dataset(cfg, ctx, enc, pairs: list[dict], round_idx: int, write: bool = T
 
         ds = Dataset.from_list([step_dpo_example(enc, chat_of(p, system), p) for p in pairs])
     elif isinstance(pairs[0]["chosen"], list):  # agent pairs: observations and train:false turns masked
-        ds = masked_preference_dataset(pairs, enc.tok, cfg.model.max_length, cfg.model.max_prompt_length)
+        ds = masked_preference_dataset(pairs, enc.tok, cfg.model.max_length, cfg.model.max_prompt_length,
+                                       decision_tokens=cfg.dpo.decision_tokens)
     else:
         ds = Dataset.from_list([enc.dpo_example(chat_of(p, system), p["chosen"], p["rejected"]) for p in pairs])
     with atomic_dir(path) as tmp:  # a killed run leaves the old cache or none, never half of one
