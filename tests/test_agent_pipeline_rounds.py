@@ -86,7 +86,7 @@ def test_rounds_chain_policies_and_report_success_after_each(tmp_path, monkeypat
 def test_nat_trains_tagged_rows_from_the_base_and_evaluates_with_the_positive_tag(tmp_path, monkeypatch):
     nat_ckpt = str(tmp_path / "agentic" / "nat" / "checkpoints" / "sft")
     fake = FakeLoop(monkeypatch)
-    summary = pipeline(tmp_path, "data.negatives=nat", "evaluate.base=false")
+    summary = pipeline(tmp_path, "data.negatives=nat", "dpo.rounds=1", "agent.mirror_pairs=false", "evaluate.base=false")
     assert not fake.dpo and len(fake.sft) == 2
     nat_path, rows = fake.sft[1]
     assert nat_path == str(tmp_path / "agentic" / "nat" / "data" / "nat_sft.jsonl")

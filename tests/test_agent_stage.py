@@ -76,7 +76,8 @@ def test_experiment_composes_and_pipeline_wires_the_stages(tmp_path, monkeypatch
     from agent_align.stages import STAGES
     from agent_align.stages.context import RunContext
 
-    cfg = compose([f"run_dir={tmp_path}", "+experiment=agentic_sft_dpo", "env.n_tasks=24", "agent.limit=8"])
+    # one round: the wiring of each stage (rounds: tests/test_agent_pipeline_rounds.py)
+    cfg = compose([f"run_dir={tmp_path}", "+experiment=agentic_sft_dpo", "env.n_tasks=24", "agent.limit=8", "dpo.rounds=1"])
     check_config(cfg)
     assert cfg.stage == "agent_pipeline" and cfg.agent.backend == "hf" and cfg.model.max_length == 768
     seen = {}

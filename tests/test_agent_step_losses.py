@@ -316,7 +316,7 @@ def test_step_losses_on_one_turn_pairs_or_without_scores_fail_at_start(tmp_path,
 
 # -- agent_pipeline's config check -----------------------------------------------------------------------
 TRAJ = ["+experiment=agentic_sft_dpo", "agent.preference_granularity=trajectory", "agent.num_samples=4",
-        "agent.temperature=0.8"]
+        "agent.temperature=0.8", "dpo.decision_tokens=0"]  # the experiment's decision mask is for the masked losses
 
 
 @pytest.mark.parametrize("loss", ["stepwise", "step_dpo"])
