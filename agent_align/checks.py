@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent_align.env.config import check_agent_config
+from agent_align.env.masking import STEP_LOSSES
 from agent_align.errors import config_error
 from agent_align.steps.config import check_steps_config
 
@@ -103,6 +104,9 @@ def check_config(cfg: Any) -> None:
         if value not in valid:
             raise config_error(key, value, f"valid values: {', '.join(valid)}")
     check_ranges(cfg)
+    if cfg.loss.name in STEP_LOSSES and cfg.dpo.decision_tokens:
+        raise config_error("dpo.decision_tokens", cfg.dpo.decision_tokens, f"loss={cfg.loss.name} weighs whole turns "
+                           "by their step scores; the decision mask is for loss=dpo|ipo|rpo: set it to 0")
     hw = cfg.hardware
     if hw.name == "t4" and hw.precision == "bf16":
         raise config_error("hardware.precision", "bf16", "the T4 has no bf16; use hardware.precision=fp16 or fp32")

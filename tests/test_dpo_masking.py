@@ -312,6 +312,7 @@ def test_decision_tokens_train_only_up_to_where_the_sides_part(tmp_path, tiny):
 
 
 def test_decision_tokens_fail_at_start_where_they_would_do_nothing(tmp_path):
+    from agent_align.checks import check_config
     from agent_align.stages.dpo import check_pair_rows
 
     single = [{"prompt": "p", "chosen": "a", "rejected": "b", "schema": {}, "_line": 1}]
@@ -319,7 +320,6 @@ def test_decision_tokens_fail_at_start_where_they_would_do_nothing(tmp_path):
         check_pair_rows(compose(["dpo.decision_tokens=2"]), single, tmp_path / "pairs.jsonl")
     agent = [{**row([call("Mei Sato"), obs("ok"), FINAL], [call("Sato"), obs("ERROR")]), "_line": 1,
               "chosen_scores": [1, 1], "rejected_scores": [0]}]
-    cfg = compose(["dpo.decision_tokens=2", "loss=stepwise", "data.negatives_source=synthetic"])
-    with pytest.raises(UserError, match=r"'dpo.decision_tokens' = 2: loss=stepwise"):
-        check_pair_rows(cfg, agent, tmp_path / "pairs.jsonl")
+    with pytest.raises(UserError, match=r"'dpo.decision_tokens' = 2: loss=stepwise"):  # whatever the stage
+        check_config(compose(["dpo.decision_tokens=2", "loss=stepwise", "data.negatives_source=synthetic"]))
     check_pair_rows(compose(["dpo.decision_tokens=2", "data.negatives_source=synthetic"]), agent, tmp_path / "p.jsonl")

@@ -176,9 +176,6 @@ def check_pipeline_loss(cfg) -> None:
         raise config_error("loss.name", name, f"informed step pairs have one turn per side, where loss={name} is plain "
                            "DPO: set agent.preference_granularity=trajectory (with agent.num_samples=4 "
                            "agent.temperature=0.8), or use loss=dpo|ipo|rpo")
-    if name in STEP_LOSSES and cfg.dpo.decision_tokens:
-        raise config_error("dpo.decision_tokens", cfg.dpo.decision_tokens, f"loss={name} weighs whole turns by "
-                           "their step scores; the decision mask is for loss=dpo|ipo|rpo: set it to 0")
     if name == "step_dpo" and cfg.steps.step_dpo_chosen != "step":
         raise config_error("steps.step_dpo_chosen", cfg.steps.step_dpo_chosen, "on agent trajectories the chosen is "
                            "one turn at the rejected one's state: use steps.step_dpo_chosen=step")

@@ -53,9 +53,6 @@ def check_pair_rows(cfg, rows: list[dict], path) -> None:
                            f"they train with loss={'|'.join(MASKED_LOSSES + STEP_LOSSES)}")
     if conv and cfg.loss.name in STEP_LOSSES:
         check_step_loss_rows(cfg, rows, path)
-        if cfg.dpo.decision_tokens:
-            raise config_error("dpo.decision_tokens", cfg.dpo.decision_tokens, f"loss={cfg.loss.name} weighs whole "
-                               "turns by their step scores; the decision mask is for loss=dpo|ipo|rpo: set it to 0")
     if conv and cfg.data.negatives_source != "synthetic":
         raise config_error("data.negatives_source", cfg.data.negatives_source, f"{path} holds agent pairs, whose "
                            "rejected side is in the file; set data.negatives_source=synthetic")
