@@ -146,6 +146,9 @@ class HardwareConfig:
     # SFT on CPU bf16: no padding mask on right-padded batches (sdpa's causal kernel), RoPE in bf16, bf16 GEMMs in the
     # fused LM head's backward (agent_align/train/fast.py); false = TRL's SFTTrainer as it comes
     sft_fast_path: bool = True
+    # DPO on CPU bf16: RoPE in bf16 (policy steps and reference pass), bf16 GEMMs in the fused LM head's backward
+    # (agent_align/train/fast.py); false = TRL's DPOTrainer arithmetic
+    dpo_fast_path: bool = True
     sft_batch_size: int = 32  # per device
     sft_grad_accum: int = 1
     dpo_batch_size: int = 32
@@ -212,6 +215,8 @@ class DPOStageConfig:
     # agent pairs: 0 trains every assistant token of both sides; N trains the tokens the two sides share up to
     # where they part, and N tokens from there (the decision, not the call format after it: train/dpo.py)
     decision_tokens: int = 0
+    # batches of pairs of similar length in random order (train/batching.py); false = the Trainer's random sampler
+    group_by_length: bool = False
     policy_from: Optional[str] = None  # SFT checkpoint to start from (null -> run_dir/checkpoints/sft)
 
 

@@ -33,18 +33,25 @@ def _duration(seconds: float) -> str:
 class Progress:
     def __init__(self, total: int, desc: str | None, unit: str = "item", *, every_fraction: float = 0.1,
                  every_seconds: float = 30.0, min_seconds: float = 5.0, logger: logging.Logger | None = None,
-                 clock=time.perf_counter):
-        """``desc=None`` shows and logs nothing (an inner loop whose caller reports progress)."""
+                 clock=time.perf_counter, initial: int = 0, bar: bool = True):
+        """``desc=None`` shows and logs nothing (an inner loop whose caller reports progress). ``initial``: units
+        done before (a resumed run; they count towards the total, not the rate). ``bar=False``: log lines only (a
+        loop that already draws its own bar, such as a TRL trainer's)."""
         self.total, self.desc, self.unit, self.clock = total, desc, unit, clock
         self.every_fraction, self.every_seconds, self.min_seconds = every_fraction, every_seconds, min_seconds
         self.log = logger or log
-        self.done = 0
+        self.done = self.initial = self.last_done = initial
         self.start = self.last_time = clock()
-        self.last_done = 0
         self.closed = False
-        self.bar = tqdm(total=total, desc=desc, unit=unit, disable=desc is None or None, mininterval=1.0)
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, mininterval=1.0,
+                        disable=True if desc is None or not bar else None)
 
-    def update(self, n: int = 1) -> None:
+    def _rate(self, now: float) -> float:
+        elapsed = now - self.start
+        return (self.done - self.initial) / elapsed if elapsed > 0 else float("inf")
+
+    def update(self, n: int = 1, note: str = "") -> None:
+        """``note`` ends the line when one is logged (e.g. the latest loss)."""
         self.done += n
         self.bar.update(n)
         if self.desc is None or self.done >= self.total:  # the closing line reports the end
@@ -54,22 +61,27 @@ class Progress:
         step = max(1.0, self.every_fraction * self.total)
         if since >= self.min_seconds and (self.done - self.last_done >= step or since >= self.every_seconds):
             self.last_time, self.last_done = now, self.done
-            elapsed = now - self.start
-            rate = self.done / elapsed if elapsed > 0 else float("inf")
+            rate = self._rate(now)
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            self.log.info("%s: %d/%d %ss (%.0f%%), %.2f %ss/s, ETA %s", self.desc, self.done, self.total, self.unit,
-                          100 * self.done / max(1, self.total), rate, self.unit, _duration(eta))
+            self.log.info("%s: %d/%d %ss (%.0f%%), %s, ETA %s%s", self.desc, self.done, self.total, self.unit,
+                          100 * self.done / max(1, self.total), self._speed(rate), _duration(eta),
+                          f", {note}" if note else "")
+
+    def _speed(self, rate: float) -> str:
+        """Units per second, or seconds per unit when a unit takes longer than a second (training steps)."""
+        if 0 < rate < 1:
+            return f"{1 / rate:.1f} s/{self.unit}"
+        return f"{rate:.2f} {self.unit}s/s"
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         self.bar.close()
-        if self.desc is not None and self.done:
-            elapsed = self.clock() - self.start
-            rate = self.done / elapsed if elapsed > 0 else float("inf")
-            self.log.info("%s: %d/%d %ss in %s (%.2f %ss/s)", self.desc, self.done, self.total, self.unit,
-                          _duration(elapsed), rate, self.unit)
+        if self.desc is not None and self.done > self.initial:
+            now = self.clock()
+            self.log.info("%s: %d/%d %ss in %s (%s)", self.desc, self.done, self.total, self.unit,
+                          _duration(now - self.start), self._speed(self._rate(now)))
 
     def __enter__(self) -> "Progress":
         return self

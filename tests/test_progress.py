@@ -52,6 +52,40 @@ def test_progress_logs_every_tenth_or_thirty_seconds_never_faster_than_five(capl
     assert len(_lines(caplog)) == 1
 
 
+def test_training_steps_resumed_count_from_the_checkpoint_and_show_seconds_per_step(caplog):
+    """A resumed run's steps before the checkpoint count towards the total, not the rate; steps slower than a second
+    read as s/step; the note (the trainer's latest loss) ends the line."""
+    caplog.set_level(logging.INFO, logger="agent_align.progress")
+    clock = Clock()
+    with Progress(40, "dpo", unit="step", clock=clock, initial=10, bar=False) as bar:
+        for i in range(30):
+            clock.t += 12.0
+            bar.update(1, note=f"loss {0.7 - i / 100:.4g}")
+    lines = _lines(caplog)
+    assert lines[0] == "dpo: 13/40 steps (32%), 12.0 s/step, ETA 5.4 min, loss 0.68"  # 30 s passed
+    assert lines[-1] == "dpo: 40/40 steps in 6.0 min (12.0 s/step)"
+
+
+def test_step_progress_callback_logs_a_trainers_steps(caplog):
+    from types import SimpleNamespace as NS
+
+    from agent_align.train.common import step_progress
+
+    caplog.set_level(logging.INFO, logger="agent_align.progress")
+    cb, state = step_progress("sft"), NS(max_steps=6, global_step=2, is_world_process_zero=True)
+    cb.on_train_begin(None, state, None)
+    for step in range(3, 7):
+        state.global_step = step
+        cb.on_log(None, state, None, logs={"loss": 1.0 / step})
+        cb.on_step_end(None, state, None)
+    cb.on_train_end(None, state, None)
+    assert cb.bar.done == 6 and cb.note == "loss 0.1667"
+    assert _lines(caplog)[-1].startswith("sft: 6/6 steps in ")
+    other = step_progress("sft")  # other ranks of a distributed run log nothing
+    other.on_train_begin(None, NS(max_steps=6, global_step=0, is_world_process_zero=False), None)
+    assert other.bar is None
+
+
 def test_progress_without_a_description_stays_silent(caplog):
     caplog.set_level(logging.INFO, logger="agent_align.progress")
     with Progress(3, None) as bar:

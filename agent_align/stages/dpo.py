@@ -28,10 +28,13 @@ from agent_align.errors import UserError, config_error, file_error
 from agent_align.jsonl import atomic_dir, read_jsonl, write_jsonl
 from agent_align.stages.context import RunContext, checkpoint_files, finished, mark_finished
 from agent_align.stages.generate import data_paths
-from agent_align.train.common import log_history_rows, resume_point, save_final, trainer_kwargs, wrap_peft
+from agent_align.train.batching import with_length_buckets
+from agent_align.train.common import (fresh_for_trainer, log_history_rows, resume_point, save_final, step_progress,
+                                      trainer_kwargs, wrap_peft)
 from agent_align.train.dpo import TRAINERS, masked_preference_dataset
 from agent_align.train.encode import chat_of, system_prompt
-from agent_align.train.fast import with_bf16_reference
+from agent_align.train.fast import dpo_fast_hooks, set_bf16_lm_head_grads, with_bf16_reference
+from agent_align.train.ref_pass import with_ref_pass
 from agent_align.train.shared_prompt import with_shared_prompt
 
 log = logging.getLogger(__name__)
@@ -180,10 +183,24 @@ def train_round(cfg, ctx: RunContext, model, tok, dataset, round_idx: int, args=
         trainer_cls = with_shared_prompt(trainer_cls)
     if hw.bf16_reference:  # the precomputed reference pass on a bf16 copy where bf16 runs on CPU (train/fast.py)
         trainer_cls = with_bf16_reference(trainer_cls)
+    if cfg.dpo.group_by_length:  # batches of similar length in random order (agent_align.train.batching)
+        trainer_cls = with_length_buckets(trainer_cls)
+    trainer_cls = with_ref_pass(trainer_cls)  # the reference pass in length order, its progress in the log
     args = args or dpo_args(cfg, ctx, round_idx)
     out = Path(args.output_dir)
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tok)
-    trainer.train(resume_from_checkpoint=resume_point(cfg, out))
+    model = fresh_for_trainer(model)  # an earlier trainer's wrappers would leave training without autocast
+    hooks = []
+    if hw.dpo_fast_path:  # before the trainer: TRL runs the reference pass while it is built
+        set_bf16_lm_head_grads(True)
+        hooks = dpo_fast_hooks(model)
+    desc = f"dpo round {round_idx + 1}/{cfg.dpo.rounds}" if cfg.dpo.rounds > 1 else "dpo"
+    try:
+        trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                              callbacks=[step_progress(desc)])
+        trainer.train(resume_from_checkpoint=resume_point(cfg, out))
+    finally:  # the next stage (sampling, evaluation) gets the model as transformers built it
+        for hook in hooks:
+            hook.remove()
     return trainer
 
 

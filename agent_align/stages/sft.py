@@ -14,7 +14,8 @@ from agent_align.errors import file_error
 from agent_align.jsonl import read_jsonl, write_jsonl
 from agent_align.stages.context import RunContext, checkpoint_files, finished, mark_finished
 from agent_align.stages.generate import data_paths
-from agent_align.train.common import log_history_rows, resume_point, save_final, trainer_kwargs, wrap_peft
+from agent_align.train.common import (fresh_for_trainer, log_history_rows, resume_point, save_final, step_progress,
+                                      trainer_kwargs, wrap_peft)
 from agent_align.train.encode import Encoder, chat_of, system_prompt, unique_prompts
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ def build_trainer(cfg, ctx: RunContext, model, tok, examples: list[dict]):
                      weight_decay=cfg.sft.weight_decay, packing=cfg.sft.packing,
                      train_sampling_strategy="group_by_length" if cfg.sft.group_by_length and not cfg.sft.packing
                      else "random")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
+    trainer = SFTTrainer(model=fresh_for_trainer(model), args=args, train_dataset=dataset, processing_class=tok,
+                         callbacks=[step_progress("sft")])
     trainer.fast_hooks = []
     if hw.sft_fast_path:  # what the SFT profile found wasteful: benchmarks/README.md, *Where an SFT step's time goes*
         from agent_align.train.fast import set_bf16_lm_head_grads, sft_fast_hooks

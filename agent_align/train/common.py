@@ -68,6 +68,54 @@ def mixed_in(mixin: type, trainer_cls: type, prefix: str) -> type:
     return _MIXED[key]
 
 
+def fresh_for_trainer(model):
+    """``model`` as a new trainer must get it, after an earlier trainer trained it in this process (the pipeline hands
+    the SFT model to DPO in memory; DPO rounds and the agentic loop's rounds hand theirs on). accelerate's ``prepare``
+    wraps ``model.forward`` in autocast once and marks the model prepared; TRL's next trainer then puts its fused-head
+    forward in front of that wrapper and accelerate, seeing the mark, does not wrap again, so every training forward
+    after the first trainer ran without autocast: fp32 on a bf16 machine (measured: a second DPO round at 36 s a step
+    where the first took 16). Dropping the instance's forward overrides and the mark gives the class's forward back;
+    each trainer adds its own wrappers. Returns ``model``."""
+    from peft import PeftModel
+
+    modules = [model, model.get_base_model()] if isinstance(model, PeftModel) else [model]
+    for m in modules:
+        for attr in ("forward", "_original_forward", "_is_accelerate_prepared"):
+            m.__dict__.pop(attr, None)
+    return model
+
+
+def step_progress(desc: str):
+    """A TrainerCallback that logs the trainer's optimizer steps through ``Progress`` on the main process, with the
+    latest logged loss: TRL's own bar draws only on a terminal, so a log file or a SLURM job's output showed nothing
+    for the 10-30 minutes of a training stage. A resumed run counts from the checkpoint's step."""
+    from transformers import TrainerCallback
+
+    from agent_align.progress import Progress
+
+    class StepProgress(TrainerCallback):
+        def __init__(self):
+            self.bar, self.note = None, ""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar = Progress(state.max_steps, desc, unit="step", initial=state.global_step, bar=False)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.note = f"loss {logs['loss']:.4g}"
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.done, self.note)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+
+    return StepProgress()
+
+
 def last_checkpoint(out_dir: Path) -> str | None:
     """Newest complete ``checkpoint-N`` (one with trainer_state.json) in ``out_dir``."""
     if not out_dir.is_dir():

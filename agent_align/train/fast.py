@@ -13,6 +13,7 @@ own copy), so swapping that one name is the smallest change that gives CPU the c
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 log = logging.getLogger(__name__)
 _ORIGINAL = None
@@ -80,15 +81,17 @@ def _causal_only(module, args, kwargs):
     return args, kwargs
 
 
-def _rope_in_autocast_dtype(module, args, out):
+def _rope_in_autocast_dtype(module, args, out, training_only: bool = True):
     """Llama-family rotary embeddings return cos/sin in the dtype of the fp32 residual stream, so under bf16 autocast
     ``q * cos`` promotes the bf16 projections to fp32: RoPE runs in fp32 (forward and backward) and sdpa casts q and k
     back to bf16. Returning cos/sin in the autocast dtype keeps q and k in bf16; they differ from TRL's by the rounding
-    of the two products before their sum (at most a few bf16 ulps), and sdpa saw bf16 q and k either way."""
+    of the two products before their sum (at most a few bf16 ulps), and sdpa saw bf16 q and k either way.
+    ``training_only``: leave eval-mode forwards (generation) as they are."""
     import torch
 
     device = out[0].device.type
-    if module.training and torch.is_autocast_enabled(device) and out[0].dtype == torch.float32:
+    if ((module.training or not training_only) and torch.is_autocast_enabled(device)
+            and out[0].dtype == torch.float32):
         dtype = torch.get_autocast_dtype(device)
         return tuple(t.to(dtype) for t in out)
     return None
@@ -97,14 +100,27 @@ def _rope_in_autocast_dtype(module, args, out):
 def sft_fast_hooks(model) -> list:
     """Hooks for SFT training on ``model`` (a causal LM, or PEFT around one): the padding mask dropped on right-padded
     batches, RoPE in the autocast dtype. Returns the handles; ``remove()`` each to restore the model."""
+    backbone = _backbone(model)
+    return [backbone.register_forward_pre_hook(_causal_only, with_kwargs=True), *_rope_hooks(backbone, True)]
+
+
+def dpo_fast_hooks(model) -> list:
+    """Hooks for DPO on ``model``: RoPE in the autocast dtype, in the training steps and in the reference pass too
+    (it runs in eval mode; the same arithmetic on both sides keeps the step-0 log-ratios at zero). The shared-prompt
+    rows carry a block mask, which the causal-only hook leaves alone. ``remove()`` each handle after training."""
+    return _rope_hooks(_backbone(model), False)
+
+
+def _backbone(model):
     from peft import PeftModel
 
     core = model.get_base_model() if isinstance(model, PeftModel) else model
-    backbone = core.base_model  # what TRL's fused forward calls (through __call__, so its hooks run)
-    handles = [backbone.register_forward_pre_hook(_causal_only, with_kwargs=True)]
-    handles += [m.register_forward_hook(_rope_in_autocast_dtype) for m in backbone.modules()
-                if type(m).__name__.endswith("RotaryEmbedding")]
-    return handles
+    return core.base_model  # what TRL's fused forward calls (through __call__, so its hooks run)
+
+
+def _rope_hooks(backbone, training_only: bool) -> list:
+    hook = partial(_rope_in_autocast_dtype, training_only=training_only)
+    return [m.register_forward_hook(hook) for m in backbone.modules() if type(m).__name__.endswith("RotaryEmbedding")]
 
 
 # --- reference pass on a bf16 copy (``hardware.bf16_reference``) ----------------------------------------------------
