@@ -31,6 +31,7 @@ CHOICES = {
     "logger.name": ("none", "wandb"),
     "logger.mode": ("auto", "online", "offline"),
     "resume": ("auto", "never"),
+    "dpo.decision_sides": ("both", "rejected"),
 }
 MAX_ROWS = 1_000_000  # generated rows per split: ~1 GB of JSONL; more is almost surely a typo
 # key -> (lowest, highest) allowed, None = unbounded; checked before any heavy work

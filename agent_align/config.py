@@ -105,6 +105,9 @@ class LossConfig:
     loss_weights: Optional[List[float]] = None  # one per loss_type (rpo: sigmoid + sft)
     beta: float = 0.1  # lower = further from the reference model allowed
     label_smoothing: float = 0.0
+    # what dpo.decision_tokens defaults to with this loss (conf/config.yaml): 1 for dpo|ipo|rpo (measured on the
+    # default run, README), 0 for stepwise|step_dpo, whose loss weighs whole turns by their step scores
+    default_decision_tokens: int = 1
 
 
 @dataclass
@@ -212,9 +215,11 @@ class DPOStageConfig:
     # wraps its call in a list (train/on_policy.py: without them the aligned model answered all in lists)
     arity_mirrors: bool = True
     precompute_ref_log_probs: bool = True  # no reference model held during training
-    # agent pairs: 0 trains every assistant token of both sides; N trains the tokens the two sides share up to
-    # where they part, and N tokens from there (the decision, not the call format after it: train/dpo.py)
+    # 0 trains every completion (assistant) token of both sides; N trains the tokens the two sides share up to
+    # where they part, and N tokens from there (the decision, not the call format after it: train/dpo.py);
+    # single-call and agent pairs alike
     decision_tokens: int = 0
+    decision_sides: str = "both"  # both | rejected: the chosen side keeps every token (and rpo's NLL on it)
     # batches of pairs of similar length in random order (train/batching.py); false = the Trainer's random sampler
     group_by_length: bool = False
     policy_from: Optional[str] = None  # SFT checkpoint to start from (null -> run_dir/checkpoints/sft)

@@ -138,9 +138,11 @@ class Plan:
         n_train = max(n_train, 2 * args.sample_prompts + 64)  # some rows don't fit the cutoff; SFT rows are distinct prompts
         data = [f"data.n_train={n_train}", f"data.n_eval={max(args.eval_prompts, 16)}"]
         self.sft = self.compose(data, [f"sft.max_steps={args.steps}"])
-        self.dpo = self.compose(data, ["loss=dpo", f"dpo.max_steps={args.steps}", "data.negatives_source=synthetic"])
+        # every completion token, as plain TRL trains (the default run's decision mask would score fewer)
+        self.dpo = self.compose(data, ["loss=dpo", f"dpo.max_steps={args.steps}", "data.negatives_source=synthetic",
+                                       "dpo.decision_tokens=0"])
         self.eval = self.compose(data)
-        self.ref = self.compose(data, ["loss=dpo", "data.negatives_source=synthetic"])
+        self.ref = self.compose(data, ["loss=dpo", "data.negatives_source=synthetic", "dpo.decision_tokens=0"])
         self.sampling = self.compose(data, [f"dpo.sample_prompts={args.sample_prompts}", "data.negatives_source=on_policy"])
         self.mfu = self.compose([f"model={args.mfu_model}"], data, [f"sft.max_steps={args.mfu_steps}"])
         self.threads = args.threads or os.cpu_count() or 1

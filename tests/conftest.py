@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -15,8 +17,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# built models go to a per-session cache so tests never read a developer's ~/.cache
-os.environ.setdefault("AGENT_ALIGN_CACHE", tempfile.mkdtemp(prefix="agent_align_test_cache_"))
+# built models go to a per-session cache so tests never read a developer's ~/.cache; it is removed at exit
+# (each session's cache holds ~0.5 GB of converted SmolLM2 weights)
+if "AGENT_ALIGN_CACHE" not in os.environ:
+    os.environ["AGENT_ALIGN_CACHE"] = tempfile.mkdtemp(prefix="agent_align_test_cache_")
+    atexit.register(shutil.rmtree, os.environ["AGENT_ALIGN_CACHE"], ignore_errors=True)
 
 # A micro model: trains a step in well under a second on CPU. Tests that train use these overrides.
 MICRO = ["model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",

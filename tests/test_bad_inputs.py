@@ -171,6 +171,7 @@ CASES = {
     "sft_lr_zero": (args("stage=sft", "sft.lr=0"), ["sft.lr"]),
     "dpo_rounds_zero": (args("stage=dpo", "dpo.rounds=0"), ["dpo.rounds"]),
     "dpo_top_p": (args("stage=dpo", "dpo.top_p=2"), ["dpo.top_p"]),
+    "dpo_decision_sides": (args("stage=dpo", "dpo.decision_sides=chosen"), ["dpo.decision_sides", "'chosen'", "rejected"]),
     "beta_negative": (args("stage=dpo", "loss.beta=-1"), ["loss.beta"]),
     "prompt_longer_than_model": (args("stage=sft", "model.max_prompt_length=500"), ["model.max_prompt_length", "384"]),
     "unknown_stage": (args("stage=nope"), ["unknown stage", "generate"]),

@@ -31,7 +31,7 @@ from agent_align.stages.generate import data_paths
 from agent_align.train.batching import with_length_buckets
 from agent_align.train.common import (fresh_for_trainer, log_history_rows, resume_point, save_final, step_progress,
                                       trainer_kwargs, wrap_peft)
-from agent_align.train.dpo import TRAINERS, masked_preference_dataset
+from agent_align.train.dpo import TRAINERS, decision_masks, masked_preference_dataset
 from agent_align.train.encode import chat_of, system_prompt
 from agent_align.train.fast import dpo_fast_hooks, set_bf16_lm_head_grads, with_bf16_reference
 from agent_align.train.ref_pass import with_ref_pass
@@ -59,9 +59,6 @@ def check_pair_rows(cfg, rows: list[dict], path) -> None:
     if conv and cfg.data.negatives_source != "synthetic":
         raise config_error("data.negatives_source", cfg.data.negatives_source, f"{path} holds agent pairs, whose "
                            "rejected side is in the file; set data.negatives_source=synthetic")
-    if not conv and cfg.dpo.decision_tokens:
-        raise config_error("dpo.decision_tokens", cfg.dpo.decision_tokens, f"{path} holds single-call pairs; the "
-                           "decision mask applies to agent pairs (message lists): set dpo.decision_tokens=0")
     if conv and cfg.data.negatives == "nat":
         raise config_error("data.negatives", "nat", "negative-aware tags apply to single-turn prompts, not agent pairs; "
                            "use data.negatives=standard")
@@ -132,7 +129,7 @@ def to_dataset(cfg, ctx, enc, pairs: list[dict], round_idx: int, write: bool = T
     if not write:
         return load_from_disk(str(path))
     key = hashlib.sha256(json.dumps([cfg.loss.name, cfg.model.max_length, cfg.model.max_prompt_length,
-                                     cfg.dpo.decision_tokens, pairs],
+                                     cfg.dpo.decision_tokens, cfg.dpo.decision_sides, pairs],
                                     sort_keys=True, default=str).encode()).hexdigest()
     key_file = path / "pairs.sha256"  # the cache holds exactly these pairs, tokenised for this loss and length
     if cfg.resume == "auto" and (path / "dataset_info.json").exists() and key_file.exists() \
@@ -150,9 +147,15 @@ def to_dataset(cfg, ctx, enc, pairs: list[dict], round_idx: int, write: bool = T
         ds = Dataset.from_list([step_dpo_example(enc, chat_of(p, system), p) for p in pairs])
     elif isinstance(pairs[0]["chosen"], list):  # agent pairs: observations and train:false turns masked
         ds = masked_preference_dataset(pairs, enc.tok, cfg.model.max_length, cfg.model.max_prompt_length,
-                                       decision_tokens=cfg.dpo.decision_tokens)
+                                       decision_tokens=cfg.dpo.decision_tokens, decision_sides=cfg.dpo.decision_sides)
     else:
-        ds = Dataset.from_list([enc.dpo_example(chat_of(p, system), p["chosen"], p["rejected"]) for p in pairs])
+        examples = [enc.dpo_example(chat_of(p, system), p["chosen"], p["rejected"]) for p in pairs]
+        if cfg.dpo.decision_tokens:  # train where the two calls part, not the JSON after it (train/dpo.py)
+            examples = [decision_masks(dict(ex, chosen_mask=[1] * len(ex["chosen_ids"]),
+                                            rejected_mask=[1] * len(ex["rejected_ids"])),
+                                       cfg.dpo.decision_tokens, cfg.dpo.decision_sides)
+                        for ex in examples]
+        ds = Dataset.from_list(examples)
     with atomic_dir(path) as tmp:  # a killed run leaves the old cache or none, never half of one
         ds.save_to_disk(str(tmp))
         (tmp / key_file.name).write_text(key)

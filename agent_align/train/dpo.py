@@ -46,26 +46,32 @@ class MaskedPreferenceCollator(DataCollatorForPreference):
         return out
 
 
-def decision_masks(ex: dict, n: int) -> dict:
+def decision_masks(ex: dict, n: int, sides: str = "both") -> dict:
     """``ex`` (a preference_example) training only the tokens both completions share up to where they part
-    and the first ``n`` tokens of each side from there. The shared tokens cancel in the DPO margin (same
-    context, same tokens); what follows the parting tokens is conditioned on different contexts, and DPO
-    would push the rejected side's copy of it down: after ``get_employee`` vs ``get_calendar``, the JSON
-    of the arguments, which both calls write alike (likelihood displacement of the call format)."""
+    and the first ``n`` tokens from there, on both sides or (``sides="rejected"``) on the rejected one only.
+    The shared tokens cancel in the DPO margin (same context, same tokens); what follows the parting tokens
+    is conditioned on different contexts, and DPO would push the rejected side's copy of it down: after
+    ``get_employee`` vs ``get_calendar``, the JSON of the arguments, which both calls write alike (likelihood
+    displacement of the call format). Raising the chosen side's rest is what SFT does; ``"rejected"`` keeps
+    it, and with it the NLL term of ``loss=rpo`` on the whole chosen call."""
+    if sides not in ("both", "rejected"):
+        raise ValueError(f"sides must be 'both' or 'rejected', got {sides!r}")
     chosen, rejected = ex["chosen_ids"], ex["rejected_ids"]
     k = 0
     while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
         k += 1
-    return {**ex, "chosen_mask": [m if i < k + n else 0 for i, m in enumerate(ex["chosen_mask"])],
-            "rejected_mask": [m if i < k + n else 0 for i, m in enumerate(ex["rejected_mask"])]}
+    out = {**ex, "rejected_mask": [m if i < k + n else 0 for i, m in enumerate(ex["rejected_mask"])]}
+    if sides == "both":
+        out["chosen_mask"] = [m if i < k + n else 0 for i, m in enumerate(ex["chosen_mask"])]
+    return out
 
 
 def masked_preference_dataset(rows: list[dict], tokenizer, max_length: int, max_prompt_length: int,
-                              decision_tokens: int = 0):
+                              decision_tokens: int = 0, decision_sides: str = "both"):
     """A Dataset of conversational preference rows (``prompt``/``chosen``/``rejected`` message lists, see
     agent_align.env.preferences) with MASK_COLUMNS. Pairs with no trained token left on a side within
     ``max_length`` (TRL keeps the start) are dropped: such a side would contribute a constant 0 log-prob.
-    ``decision_tokens`` > 0 trains only where the sides part (``decision_masks``)."""
+    ``decision_tokens`` > 0 trains only where the sides part (``decision_masks``, on ``decision_sides``)."""
     from datasets import Dataset
 
     from agent_align.env.masking import preference_example
@@ -74,7 +80,7 @@ def masked_preference_dataset(rows: list[dict], tokenizer, max_length: int, max_
     for row in rows:
         ex = preference_example(row, tokenizer, max_prompt_length)
         if decision_tokens:
-            ex = decision_masks(ex, decision_tokens)
+            ex = decision_masks(ex, decision_tokens, decision_sides)
         room = max_length - len(ex["prompt_ids"])
         if all(sum(ex[m][:max(room, 0)]) > 0 for m in MASK_COLUMNS):
             examples.append(ex)
