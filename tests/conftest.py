@@ -69,6 +69,22 @@ def run_cli(args: list[str], cwd: Path | None = None, timeout: float = 600, env:
                           text=True, timeout=timeout, env=full_env)
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_log_files():
+    """In-process CLI runs (Hydra) attach a FileHandler for run_dir/__main__.log to the root logger. Left
+    attached, later tests log into a file of an earlier test's tmp dir: with pytest removing passed tests'
+    dirs, 26 tests then failed with FileNotFoundError, and a trainer interrupted that way left its patches on."""
+    import logging
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    for handler in list(root.handlers):
+        if handler not in before and isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+
+
 @pytest.fixture
 def cfg_factory(tmp_path):
     def make(*overrides: str):
