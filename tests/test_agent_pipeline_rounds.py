@@ -23,6 +23,7 @@ class FakeLoop:
         from agent_align.stages import STAGES
 
         self.runs, self.sft, self.dpo, self.good, self.prompts, self.wrong = [], [], [], set(good), {}, wrong
+        self.worlds = []
         real_get = STAGES.get
         monkeypatch.setattr(STAGES, "get", lambda n: {"sft": self.fake_sft, "dpo": self.fake_dpo}.get(n) or real_get(n))
         monkeypatch.setitem(BACKENDS._items, "hf", self.fake_agent)
@@ -32,6 +33,7 @@ class FakeLoop:
 
         path = c.agent.model_path
         self.runs.append((path, c.agent.split, c.agent.expert_mode, c.agent.prompt_tag))
+        self.worlds.append(c.env.world_seed)
         loop = self
 
         class Backend:
@@ -81,6 +83,43 @@ def test_rounds_chain_policies_and_report_success_after_each(tmp_path, monkeypat
     assert summary["after_dpo"]["success_rate"] == rounds[1]["success_rate"] == 1.0
     assert (tmp_path / "agentic" / "eval_dpo_r2" / "agent_summary.json").exists() and "base" not in summary
     assert set(summary["timings"]) >= {"informed", "dpo", "after", "informed_r2", "dpo_r2", "after_r2"}
+
+
+@pytest.mark.parametrize("good,kept", [("r2", "round 2"), ("", "sft")])  # "": all fail alike, the tie keeps SFT
+def test_val_world_picks_the_policy_kept_and_after_dpo_is_its_test_evaluation(tmp_path, monkeypatch, good, kept):
+    """agent.val_world_seed: SFT and every round also run on another world's test tasks; the best there is kept
+    (ties keep the earlier), and after_dpo is that policy's evaluation on the real test tasks."""
+    ckpt = {"sft": str(tmp_path / "checkpoints" / "sft"), "r1": str(tmp_path / "checkpoints" / "dpo"),
+            "r2": str(tmp_path / "agentic" / "round2" / "checkpoints" / "dpo")}
+    fake = FakeLoop(monkeypatch, good={ckpt[good]} if good else set())
+    summary = pipeline(tmp_path, "dpo.rounds=2", "evaluate.base=false", "env.world_seed=3", "agent.val_world_seed=5")
+    val_runs = [r for r, w in zip(fake.runs, fake.worlds) if w == 5]
+    assert val_runs == [(ckpt[p], "test", None, None) for p in ("sft", "r1", "r2")]  # after SFT and each round
+    assert [r for r, w in zip(fake.runs, fake.worlds) if w == 3] == [
+        (ckpt["sft"], "test", None, None), (ckpt["sft"], "train", "informed", None), (ckpt["r1"], "test", None, None),
+        (ckpt["r1"], "train", "informed", None), (ckpt["r2"], "test", None, None)]  # the loop itself unchanged
+    sel = summary["selection"]
+    assert sel["kept"] == kept and sel["val_world_seed"] == 5 and sel["val_n"] == 6
+    assert list(sel["val_success_rate"]) == ["sft", "round 1", "round 2"]
+    assert (sel["val_success_rate"]["round 2"] > sel["val_success_rate"]["sft"]) == (kept == "round 2")
+    assert sel["checkpoint"] == ckpt["sft" if kept == "sft" else "r2"]
+    test_eval = summary["before_dpo"] if kept == "sft" else summary["rounds"][1]
+    assert summary["after_dpo"]["success_rate"] == test_eval["success_rate"] == summary["objective"]
+    assert [r["val_success_rate"] for r in summary["rounds"]] == [sel["val_success_rate"]["round 1"],
+                                                                 sel["val_success_rate"]["round 2"]]
+    val = json.loads((tmp_path / "agentic" / "val_dpo_r2" / "agent_summary.json").read_text())
+    assert val["n"] == 6 and set(summary["timings"]) >= {"val_sft", "val", "val_r2"}
+
+
+def test_val_world_must_differ_from_the_test_world_and_needs_generated_tasks(tmp_path):
+    from agent_align.checks import check_config
+    from agent_align.errors import UserError
+
+    with pytest.raises(UserError, match=r"'agent.val_world_seed' = 0: that is env.world_seed"):
+        check_config(compose([f"run_dir={tmp_path}", "+experiment=agentic_sft_dpo", "agent.val_world_seed=0"]))
+    with pytest.raises(UserError, match=r"'agent.val_world_seed' = 1: env.tasks_path=t.jsonl"):
+        check_config(compose([f"run_dir={tmp_path}", "+experiment=agentic_sft_dpo", "agent.val_world_seed=1",
+                              "env.tasks_path=t.jsonl"]))
 
 
 def test_nat_trains_tagged_rows_from_the_base_and_evaluates_with_the_positive_tag(tmp_path, monkeypatch):

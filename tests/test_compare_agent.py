@@ -195,6 +195,23 @@ def test_rounds_base_model_and_user_labels(tmp_path):
         compare(tmp_path, f"compare.runs=[{run}]", "compare.labels=[x,y]")
 
 
+def test_round_kept_on_another_world_is_marked_and_after_dpo_adds_no_row(tmp_path):
+    run = tmp_path / "runs" / "v"
+    r1 = write_eval(run, "eval_dpo", DPO_A)
+    r2 = write_eval(run, "eval_dpo_r2", {**DPO_A, "t3": S2, "t4": S2})
+    make_run(tmp_path / "runs", "v", SFT_AB, DPO_A, "rpo", method="rpo",
+             rounds=[{"round": 1, "pairs": 40, **brief(r1)}, {"round": 2, "pairs": 31, **brief(r2)}])
+    s = json.loads((run / "agentic_summary.json").read_text())
+    for kept, marked in (("round 1", "step DPO (rpo), round 1, kept"), ("round 2", "step DPO (rpo), round 2, kept"),
+                         ("sft", None)):
+        after = r1 if kept == "round 1" else r2 if kept == "round 2" else s["before_dpo"]
+        write_json(run / "agentic_summary.json", {**s, "after_dpo": after, "selection": {"kept": kept}})
+        _, rows, _ = compare(tmp_path, f"compare.runs=[{run}]")
+        labels = [r["method"] for r in rows]
+        assert len(rows) == 3 and labels[0] == "SFT" and [r["eval"] for r in rows[1:]] == ["eval_dpo", "eval_dpo_r2"]
+        assert [x for x in labels if x.endswith(", kept")] == ([marked] if marked else [])
+
+
 def test_single_round_is_one_row_and_skipped_dpo_is_named(tmp_path):
     run = make_run(tmp_path / "runs", "e", SFT_AB, DPO_A, "rpo", method="rpo")
     s = json.loads((run / "agentic_summary.json").read_text())

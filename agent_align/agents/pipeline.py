@@ -14,6 +14,10 @@
   dpo.rounds=N   repeats 4-6 from the last policy: round k's rollouts in agentic/informed_r<k>/ (or
                  sampled_r<k>), its checkpoint in agentic/round<k>/checkpoints/dpo, its evaluation in
                  agentic/eval_dpo_r<k>/; summary["rounds"] has held-out success after each round
+  agent.val_world_seed=S   iterate where it pays: the SFT policy and each round's are also run on the test
+                 tasks of world S (agentic/val_sft/, val_dpo[_r<k>]/), and the one with the highest success
+                 there is kept (ties keep the earlier, so SFT unless a round beats it): summary["after_dpo"]
+                 is its evaluation on the real test tasks, summary["selection"] says which and why
   data.negatives=nat   replaces 5: NAT, an SFT from the base model on the expert's trajectories (task
                  tagged nat.positive_tag) and the informed run's mistakes (tagged nat.negative_tag),
                  agentic/nat/checkpoints/sft, evaluated with the positive tag
@@ -96,6 +100,11 @@ class _Loop:
         key = _granularity_runs(cfg)[1]
         return result, str(self.sub(name).path("preferences", f"{key}.jsonl")) if result.get(key) else ""
 
+    def validate(self, name: str, run_name: str, policy: str, tag: str | None = None) -> dict:
+        """The policy on the test tasks of world ``agent.val_world_seed``: picks the policy kept, never reported."""
+        return self.agent(name, run_name, agent__model_path=policy, agent__prompt_tag=tag, **NO_EXPERT,
+                          env__world_seed=self.cfg.agent.val_world_seed)
+
     def dpo(self, name: str, pairs_path: str, policy: str, ctx: RunContext) -> str:
         result = self.timed(name, lambda: STAGES.get("dpo")(variant(
             self.cfg, data__train_path=pairs_path, data__negatives_source="synthetic", dpo__policy_from=policy,
@@ -144,6 +153,8 @@ def run(cfg, ctx: RunContext) -> dict:
         cfg, data__train_path=str(loop.sub("expert").path("sft", f"{cfg.agent.sft_rows}.jsonl")), sft__init_from=None,
         data__negatives="standard"), ctx))
     before = loop.evaluate("before", "eval_sft", sft_ckpt)
+    select = cfg.agent.val_world_seed is not None
+    candidates = [("sft", sft_ckpt, before, loop.validate("val_sft", "val_sft", sft_ckpt))] if select else []
     runs, pairs_key, why = _granularity_runs(cfg)
     policy, rounds, paired = sft_ckpt, [], {}
     for k in range(1, (1 if nat else cfg.dpo.rounds) + 1):
@@ -160,10 +171,25 @@ def run(cfg, ctx: RunContext) -> dict:
             policy = loop.dpo("dpo" + tag, pairs_path, policy, ctx if k == 1 else loop.sub(f"round{k}"))
             after = loop.evaluate("after" + tag, "eval_dpo" + tag, policy)
         rounds.append({"round": k, "pairs": paired.get(pairs_key), **_brief(after)})
-        log.info("round %d: test success %.3f (after SFT %.3f)", k, after["success_rate"], before["success_rate"])
+        if select:
+            val = loop.validate("val" + tag, "val_dpo" + tag, policy, cfg.nat.positive_tag if nat else None)
+            rounds[-1]["val_success_rate"] = val["success_rate"]
+            candidates.append(("nat" if nat else f"round {k}", policy, after, val))
+        log.info("round %d: test success %.3f (after SFT %.3f)%s", k, after["success_rate"], before["success_rate"],
+                 f", success %.3f on world {cfg.agent.val_world_seed}'s tasks" % val["success_rate"] if select else "")
     if not rounds:  # no pairs at all: the final policy is the SFT policy
         loop.evaluate("after", "eval_dpo", policy)
     results, last = loop.results, loop.results["after" + ("" if len(rounds) < 2 else f"_r{len(rounds)}")]
+    selection = None
+    if candidates:
+        kept = max(candidates, key=lambda c: c[3]["success_rate"])  # max keeps the first of equals: the earlier
+        last = kept[2]
+        selection = {"val_world_seed": cfg.agent.val_world_seed, "kept": kept[0], "checkpoint": kept[1],
+                     "val_success_rate": {c[0]: c[3]["success_rate"] for c in candidates},
+                     "val_n": candidates[0][3]["n"]}
+        log.info("kept %s: success %s on world %d's test tasks", kept[0],
+                 ", ".join(f"{name} {v:.3f}" for name, v in selection["val_success_rate"].items()),
+                 cfg.agent.val_world_seed)
     summary = {"before_dpo": {k: before[k] for k in SUMMARY_KEYS}, "after_dpo": {k: last[k] for k in SUMMARY_KEYS},
                "expert": {"n": results["expert"]["n"], "success_rate": results["expert"]["success_rate"],
                           "sft_step_rows": results["expert"]["sft_step_rows"]},
@@ -171,6 +197,8 @@ def run(cfg, ctx: RunContext) -> dict:
                runs: {k: paired.get(k) for k in ("n", "success_rate", "expert_step_fraction", pairs_key)},
                "rounds": rounds, "sft": results["sft"], "dpo": results.get("nat_sft" if nat else "dpo"),
                "timings": loop.timings, "objective": last["success_rate"]}
+    if selection:
+        summary["selection"] = selection
     if "base" in results:
         summary["base"] = {k: results["base"][k] for k in SUMMARY_KEYS}
     if ctx.is_main:
@@ -178,5 +206,5 @@ def run(cfg, ctx: RunContext) -> dict:
     mark_finished(ctx, "agent_pipeline", summary)
     log.info("test success without expert: %s%.3f after SFT, %.3f after %s",
              f"{results['base']['success_rate']:.3f} base, " if "base" in results else "", before["success_rate"],
-             last["success_rate"], summary["method"])
+             last["success_rate"], summary["method"] + (f" ({selection['kept']} kept)" if selection else ""))
     return summary

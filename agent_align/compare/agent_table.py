@@ -12,7 +12,9 @@ Rows, in this order:
 * each run's trained policy: one row per entry of the summary's ``rounds`` (``agentic/eval_dpo_r<k>/``;
   round 1 in ``agentic/eval_dpo/`` when its episodes give that round's numbers, as stage=agent_pipeline
   writes it) and the final ``after_dpo`` (``agentic/eval_dpo/``) unless its numbers are the last round's.
-  A run with one evaluation gets one row without a round suffix.
+  A run with one evaluation gets one row without a round suffix. A run that picked its policy on another
+  world's tasks (``agent.val_world_seed``, summary ``selection``) adds no ``after_dpo`` row: the picked round's
+  row says ``, kept`` (none does when SFT was kept).
 
 Every number is computed from the evaluation's ``trajectories/*.json`` (one file per episode); an
 evaluation without trajectory files falls back to its block of ``agentic_summary.json`` (marked ``*``):
@@ -169,6 +171,11 @@ def _method_evals(run) -> list[tuple[str, Evaluation]]:
         if ev is not None:
             used.add(ev.name)
             out.append((f", round {k}", ev))
+    kept = s.get("selection", {}).get("kept") if isinstance(s.get("selection"), dict) else None
+    if kept:  # agent.val_world_seed: after_dpo is one of the rounds (or SFT, its own row): mark it, add none
+        if len(out) == 1:
+            return [(", kept" if kept != "sft" else "", out[0][1])]
+        return [(suffix + (", kept" if suffix == f", {kept}" else ""), ev) for suffix, ev in out]
     if after and not (out and out[-1][1].matches(after)):
         ev = _evaluation(run, "eval_dpo" if "eval_dpo" not in used else None, after, "after_dpo")
         out += [("", ev)] if ev is not None else []

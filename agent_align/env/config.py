@@ -84,6 +84,9 @@ class AgentConfig:
     # was right, rejected = repeating the earlier A call; includes the final anchors (B = FINAL)
     mirror_pairs: bool = False
     max_pairs_per_task: int = 4
+    # agent_pipeline: the test tasks of another world (this env.world_seed) pick the policy kept, SFT or one of the
+    # dpo.rounds, by success on them (ties keep the earlier); null keeps the last round's. Never the test world.
+    val_world_seed: Optional[int] = None
     judge: str = "match"  # match (normalised answer) | openai | hf (an LLM judge through that backend)
     judge_model_path: Optional[str] = None  # judge=hf: its checkpoint (null -> model.*)
     # text added to the task's user message in every prompt a model agent sees (NAT-trained policies are
@@ -161,6 +164,12 @@ def check_agent_config(cfg) -> None:
     if a.mask_suboptimal_traces and not trajectory:
         raise config_error("agent.mask_suboptimal_traces", True, "it masks steps of trajectory pairs only: set "
                            "agent.preference_granularity=trajectory (agent_pipeline) or agent.trajectory_pairs=true")
+    if a.val_world_seed is not None and a.val_world_seed == e.world_seed:
+        raise config_error("agent.val_world_seed", a.val_world_seed, "that is env.world_seed, whose test tasks report "
+                           "the result: pick another world (e.g. env.world_seed + 1) to choose the policy on")
+    if a.val_world_seed is not None and e.tasks_path:
+        raise config_error("agent.val_world_seed", a.val_world_seed, f"env.tasks_path={e.tasks_path} replaces the "
+                           "generated tasks, so another world has no tasks: set agent.val_world_seed=null")
     if cfg.get("stage") == "agent_pipeline":
         check_pipeline_loss(cfg)
 
