@@ -220,6 +220,40 @@ def matmul_peak(dtype_name: str, n: int, repeats: int) -> float:
     return 2.0 * n ** 3 / best
 
 
+def model_gemm_flops(config, tokens: int, dtype_name: str, repeats: int = 3) -> dict:
+    """FLOP/s of the matmuls one training step of a Llama-style ``config`` runs on a ``tokens``-token micro-batch,
+    each timed alone at its own shape (best of ``repeats``) and weighted by its FLOPs: what the CPU's GEMMs reach on
+    this model's shapes, where ``matmul_peak`` is a large square one. Per projection y = x W (x: T x K, W: K x N) the
+    forward (T, K, N) and the backward's two, dx = dy W^T (T, N, K) and dW = x^T dy (K, T, N); the q/k/v/o, gate/up/
+    down projections of every layer and the LM head. Attention's own matmuls, norms and the rest are not in it."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    kv_dim = h // heads * kv
+    layer = [(h, h), (h, kv_dim), (h, kv_dim), (h, h), (h, i), (h, i), (i, h)]  # (K, N) per projection
+    counts: dict[tuple[int, int, int], int] = {}
+    for (k, n), times in [((k, n), config.num_hidden_layers) for k, n in layer] + [((h, v), 1)]:
+        for shape in ((tokens, k, n), (tokens, n, k), (k, tokens, n)):
+            counts[shape] = counts.get(shape, 0) + times
+    seconds, flops, per_shape = 0.0, 0.0, {}
+    for (m, k, n), times in counts.items():
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+        a @ b  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        seconds += best * times
+        flops += 2.0 * m * k * n * times
+        per_shape[f"{m}x{k}x{n}"] = 2.0 * m * k * n / best
+    return {"tokens": tokens, "dtype": dtype_name, "flops_per_s": flops / seconds, "step_gemm_seconds": seconds,
+            "per_shape_flops_per_s": per_shape}
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 

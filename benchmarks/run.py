@@ -374,6 +374,9 @@ def table(result: dict) -> str:
         rows.append((f"MFU {mf['model']} ({mf['precision']})", f"{mf['achieved_flops'] / 1e9:,.1f} GFLOP/s",
                      f"{mf['matmul_peak_flops'][mf['precision']] / 1e9:,.1f} peak", f"{result['mfu']:.1%}",
                      f">= {MFU_TARGET:.0%}", "yes" if raw["targets"]["mfu"] else "NO"))
+        if "model_gemms" in mf:  # what the GEMMs alone reach at this model's shapes (benchmarks/README.md)
+            rows.append(("  of the model's own GEMM shapes", "", f"{mf['model_gemms']['flops_per_s'] / 1e9:,.1f} GEMMs",
+                         f"{mf['of_model_gemm_flops']:.1%}", "", ""))
     p = result["pipeline_seconds"]
     rows.append(("default pipeline (s)", f"{p:,.0f}" if p is not None else "not run", "", "", f"<= {PIPELINE_TARGET_S:.0f}",
                  ("yes" if raw["targets"]["pipeline_seconds"] else "NO") if p is not None else "-"))

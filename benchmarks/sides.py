@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common import PeakRSS, matmul_peak, set_threads, training_flops
+from common import PeakRSS, matmul_peak, model_gemm_flops, set_threads, training_flops
 
 
 def _rows(path: str) -> list[dict]:
@@ -453,10 +453,13 @@ def mfu(spec: dict) -> dict:
     timed = [n for b in batch_lengths[accum:accum * len(step_ends)] for n in b]  # the first step is warm-up
     seconds = step_ends[-1] - step_ends[0]
     flops = training_flops(n_params, c.num_hidden_layers, c.hidden_size, timed)
+    micro = [sum(b) for b in batch_lengths[accum:accum * len(step_ends)]]  # real tokens per micro-batch
+    gemms = model_gemm_flops(c, round(sum(micro) / len(micro)), dtype, spec["matmul_repeats"] // 3 or 1)
     return {"precision": dtype, "matmul_peak_flops": peaks, "parameters": n_params, "layers": c.num_hidden_layers,
             "hidden": c.hidden_size, "timed_steps": len(step_ends) - 1, "timed_tokens": sum(timed), "seconds": seconds,
             "achieved_flops": flops / seconds, "mfu": flops / seconds / peaks[dtype], "peak_rss_mb": meter.peak_mb,
-            "threads": __import__("torch").get_num_threads()}
+            "threads": __import__("torch").get_num_threads(), "model_gemms": gemms,
+            "of_model_gemm_flops": flops / seconds / gemms["flops_per_s"]}
 
 
 # --- profiles -----------------------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ def test_rounds_chain_policies_and_report_success_after_each(tmp_path, monkeypat
     sft, r1 = str(tmp_path / "checkpoints" / "sft"), str(tmp_path / "checkpoints" / "dpo")
     r2 = str(tmp_path / "agentic" / "round2" / "checkpoints" / "dpo")
     fake = FakeLoop(monkeypatch, good={r2})
-    summary = pipeline(tmp_path, "dpo.rounds=2", "evaluate.base=false")
+    summary = pipeline(tmp_path, "dpo.rounds=2", "evaluate.base=false", "agent.val_world_seed=null")  # the last round
     assert fake.runs == [(sft, "test", None, None), (sft, "train", "informed", None), (r1, "test", None, None),
                          (r1, "train", "informed", None), (r2, "test", None, None)]
     assert fake.dpo == [(str(tmp_path / "agentic" / "informed" / "preferences" / "step_pairs.jsonl"), sft, 1),

@@ -31,5 +31,9 @@ def test_agentic_loop_on_smollm2(tmp_path):
     assert summary["informed"]["n"] == 6 and summary["rounds"] and summary["rounds"][0]["round"] == 1
     if summary["informed"]["step_pairs"]:  # the policy made a mistake the expert corrected: DPO ran on it
         assert (tmp_path / "checkpoints" / "dpo" / "config.json").exists() and summary["dpo"]["loss"] == "rpo"
+    sel = summary["selection"]  # SFT and each round also ran world 1's test tasks; the best there is kept
+    assert sel["val_world_seed"] == 1 and sel["val_n"] == 6 and list(sel["val_success_rate"])[0] == "sft"
+    kept = summary["before_dpo"] if sel["kept"] == "sft" else summary["rounds"][int(sel["kept"].split()[-1]) - 1]
+    assert summary["after_dpo"]["success_rate"] == kept["success_rate"]
     episodes = list((tmp_path / "agentic" / "eval_dpo" / "trajectories").glob("*.json"))
     assert len(episodes) == 6 and all(json.loads(p.read_text())["steps"] for p in episodes)

@@ -68,6 +68,28 @@ def test_quick_run_writes_every_key_with_finite_positive_numbers(quick):
     assert result["raw"]["eval"]["same_verdict_fraction"] >= result["raw"]["eval"]["identical_outputs_fraction"]
     assert result["raw"]["settings"]["shared_prompt_dpo"] is True
     assert "met?" in stdout and "matmul peak" in stdout
+    gemms = result["raw"]["mfu"]["model_gemms"]  # the same steps against the GEMMs at the model's own shapes
+    assert gemms["tokens"] > 0 and gemms["flops_per_s"] > 0 and "own GEMM shapes" in stdout
+    assert result["raw"]["mfu"]["of_model_gemm_flops"] == pytest.approx(
+        result["raw"]["mfu"]["achieved_flops"] / gemms["flops_per_s"])
+
+
+def test_model_gemm_shapes_are_every_projection_forward_and_backward():
+    import importlib
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        common = importlib.import_module("common")
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    cfg = SimpleNamespace(hidden_size=8, intermediate_size=24, vocab_size=40, num_attention_heads=4,
+                          num_key_value_heads=2, num_hidden_layers=2)
+    out = common.model_gemm_flops(cfg, 5, "fp32", repeats=1)
+    # (K, N): q/o 8x8, k/v 8x4 (2 of 4 heads), gate/up 8x24, down 24x8, head 8x40; each as T x K x N, T x N x K, K x T x N
+    expect = {f"{m}x{k}x{n}" for kk, nn in ((8, 8), (8, 4), (8, 24), (24, 8), (8, 40))
+              for m, k, n in ((5, kk, nn), (5, nn, kk), (kk, 5, nn))}
+    assert set(out["per_shape_flops_per_s"]) == expect and out["flops_per_s"] > 0 and out["tokens"] == 5
 
 
 def test_pipeline_seconds_is_the_sum_of_a_summarys_stage_timings(tmp_path):

@@ -299,7 +299,9 @@ def test_reads_what_agent_pipeline_writes(tmp_path, monkeypatch):
     monkeypatch.undo()
     _, rows, _ = compare(tmp_path, f"compare.runs=[{run}]")
     blocks = ([summary["base"]] if "base" in summary else []) + [summary["before_dpo"], summary["after_dpo"]]
-    assert [r["method"] for r in rows][-2:] == ["SFT", "step DPO (rpo)"] and len(rows) == len(blocks)
+    # the experiment keeps the policy that does best on another world's tasks: round 1 here, marked kept
+    assert summary["selection"]["kept"] == "round 1"
+    assert [r["method"] for r in rows][-2:] == ["SFT", "step DPO (rpo), kept"] and len(rows) == len(blocks)
     assert all(r["source"] == "trajectories" for r in rows)
     for row, block in zip(rows, blocks):
         assert int(row["n"]) == block["n"] == 6
