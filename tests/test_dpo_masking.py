@@ -245,7 +245,7 @@ def test_agentic_pipeline_trains_dpo_on_trajectory_pairs(tmp_path, monkeypatch):
 
     cfg = compose([f"run_dir={tmp_path}", "+experiment=agentic_sft_dpo", "env.n_tasks=24", "agent.limit=8",
                    "agent.preference_granularity=trajectory", "agent.num_samples=2", "agent.temperature=0.8",
-                   "agent.mask_suboptimal_traces=true", "dpo.rounds=1"])
+                   "agent.mask_suboptimal_traces=true", "dpo.rounds=1", "agent.val_world_seed=null"])
     runs = []
 
     class Agent:  # sample 0 of a task follows the expert, sample 1 replies garbage: one success, one failure
