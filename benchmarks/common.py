@@ -210,14 +210,22 @@ def matmul_peak(dtype_name: str, n: int, repeats: int) -> float:
     import torch
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b  # warm-up: oneDNN builds its kernel on first use
+    return 2.0 * n ** 3 / _best_matmul_seconds(n, n, n, dtype, repeats)
+
+
+def _best_matmul_seconds(m: int, k: int, n: int, dtype, repeats: int) -> float:
+    """Best wall time of an (m x k) @ (k x n) matmul over ``repeats``, after a warm-up (oneDNN builds its kernel
+    on first use)."""
+    import torch
+
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    a @ b
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - start)
-    return 2.0 * n ** 3 / best
+    return best
 
 
 def model_gemm_flops(config, tokens: int, dtype_name: str, repeats: int = 3) -> dict:
@@ -240,13 +248,7 @@ def model_gemm_flops(config, tokens: int, dtype_name: str, repeats: int = 3) -> 
             counts[shape] = counts.get(shape, 0) + times
     seconds, flops, per_shape = 0.0, 0.0, {}
     for (m, k, n), times in counts.items():
-        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-        a @ b  # warm-up
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - start)
+        best = _best_matmul_seconds(m, k, n, dtype, repeats)
         seconds += best * times
         flops += 2.0 * m * k * n * times
         per_shape[f"{m}x{k}x{n}"] = 2.0 * m * k * n / best
