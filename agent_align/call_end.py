@@ -20,12 +20,22 @@ with that token. The cut text gets the verdict the whole text would get from ``v
 
 Anything else (prose first, a mismatched bracket, text between the value and its closing fence) turns
 the machine off and the row runs to end of turn as before: stopping early is only ever done where the
-verdict cannot change. With ``fail_fast`` (stage=evaluate's strict SSPR, where the whole answer must be
-the JSON value) a ``json`` row whose first non-space character can start no JSON value also stops on it:
-``json.loads`` then fails at character 0 with "Expecting value" whatever follows, so the verdict and its
-message are those of the whole answer. The base model's prose answers stop after a token instead of
-running to the token limit. Not for BFCL, whose Python call syntax ``f(a=1)`` starts with a letter, nor
-for samples that become training pairs, whose rejected text should be what the model would write.
+verdict cannot change. ``fail_fast`` also stops a ``json`` row whose verdict is already a failure whatever follows:
+
+- ``"json"`` (stage=evaluate's strict SSPR, where the whole answer must be the JSON value): the first
+  non-space character can start no JSON value. ``json.loads`` then fails at character 0 with "Expecting
+  value" whatever follows, so the verdict and its message are those of the whole answer.
+- ``"bfcl"`` (stage=evaluate data=bfcl, ``bfcl.parse.parse_calls``: JSON, or Python call syntax whose
+  statements are all calls ``a.b(k=v)``): the answer cannot start a JSON container or such a call. A call's
+  target is a dotted name, so the answer must start with ``{``, ``[`` or a name, and a name (dotted, spaces
+  and tabs allowed around the dots) must be followed by ``(``. ``The function ...``, ``Sure, ...`` and
+  ``1. ...`` stop on the token that shows it (``The f``, ``Sure,``, ``1``); ``(``, ``#``, ``\\`` and a
+  name followed by ``(`` leave the row to end of turn, as without ``fail_fast``. Every continuation of the
+  cut text fails to decode as the whole text does, so the verdict and its category (``decoder_failed``,
+  ``json_error``; an irrelevance question's pass) are the whole answer's; the decoder's message can differ.
+
+The base model's prose answers stop after a token instead of running to the token limit. Not for samples
+that become training pairs, whose rejected text should be what the model would write.
 
 Written by hand: incremental JSON parsers (ijson, json-stream) neither skip a fence nor find the react
 block, and a 4-state character loop costs microseconds per token.
@@ -41,6 +51,10 @@ UNDECIDED = frozenset('{["-0123456789tfnNI`\ufffd')
 # states
 LEAD, FENCE, FENCE_LANG, FENCE_SPACE, FENCED_LEAD, VALUE, CLOSING_FENCE, TRAIL, OFF, STOP = range(10)
 SEEK, AFTER_ACTION, TICKS, BODY = range(10, 14)
+NAME, AFTER_NAME, DOT = range(14, 17)  # fail_fast="bfcl": reading the dotted name a Python call starts with
+PY_SPACE = frozenset(" \t\f")  # whitespace inside a Python line
+PY_UNDECIDED = frozenset("(#\\\ufffd")  # a parenthesised target, a comment, a line continuation, a split character
+FAIL_FAST = (None, "json", "bfcl")
 
 
 class JsonCallEnd:
@@ -48,7 +62,7 @@ class JsonCallEnd:
 
     __slots__ = ("state", "stack", "in_str", "esc", "ticks", "fenced", "fail_fast")
 
-    def __init__(self, fail_fast: bool = False):
+    def __init__(self, fail_fast: str | None = None):
         self.state, self.stack, self.in_str, self.esc, self.ticks, self.fenced = LEAD, [], "", False, 0, False
         self.fail_fast = fail_fast
 
@@ -96,8 +110,29 @@ class JsonCallEnd:
                     st = VALUE
                 elif c == "`" and st == LEAD:
                     st, self.ticks, self.fenced = FENCE, 1, True
+                elif st == LEAD and self.fail_fast == "bfcl":
+                    if c.isidentifier():
+                        st = NAME
+                        continue
+                    st = OFF if c in PY_UNDECIDED else STOP
+                    break
                 else:
-                    st = STOP if self.fail_fast and st == LEAD and c not in UNDECIDED else OFF
+                    st = STOP if self.fail_fast == "json" and st == LEAD and c not in UNDECIDED else OFF
+                    break
+            elif st == NAME or st == AFTER_NAME or st == DOT:  # fail_fast="bfcl" only
+                if st == NAME and ("a" + c).isidentifier():
+                    continue
+                if c in PY_SPACE:
+                    st = DOT if st == DOT else AFTER_NAME
+                elif st == DOT:
+                    if not c.isidentifier():
+                        st = OFF if c in PY_UNDECIDED else STOP
+                        break
+                    st = NAME
+                elif c == ".":
+                    st = DOT
+                else:  # "(" : a call, left to end of turn; anything else ends the statement without one
+                    st = OFF if c in PY_UNDECIDED else STOP
                     break
             elif st == FENCE:
                 if c != "`":
@@ -132,7 +167,7 @@ class ReactCallEnd:
     __slots__ = ("state", "k", "ticks", "pending")
     WORD = "Action:"
 
-    def __init__(self, fail_fast: bool = False):  # never fails early: a later 'Action:' can still open a block
+    def __init__(self, fail_fast: str | None = None):  # never fails early: a later 'Action:' can still open a block
         self.state, self.k, self.ticks, self.pending = SEEK, 0, 0, []
 
     @property
@@ -194,14 +229,16 @@ class ReactCallEnd:
 CALL_ENDS = {"json": JsonCallEnd, "react": ReactCallEnd}
 
 
-def call_end(fmt: str, before: str = "", fail_fast: bool = False):
+def call_end(fmt: str, before: str = "", fail_fast: str | None = None):
     """A fresh machine for output format ``fmt``, already fed ``before`` (text the answer continues, e.g. a
     Step-DPO prefix). None when ``before`` already holds a complete call: what follows it cannot change
     the verdict, so stopping there would only cut the continuation that was asked for. ``fail_fast``: also
-    stop an answer whose strict verdict is already a failure (module docstring)."""
+    stop an answer whose verdict is already a failure: "json" (strict SSPR) or "bfcl" (module docstring)."""
     if fmt not in CALL_ENDS:
         raise ValueError(f"no call-end detector for output format {fmt!r}; valid: {', '.join(CALL_ENDS)}")
-    machine = CALL_ENDS[fmt](fail_fast and not before)
+    if fail_fast not in FAIL_FAST:
+        raise ValueError(f"fail_fast={fail_fast!r}; valid: {', '.join(map(repr, FAIL_FAST))}")
+    machine = CALL_ENDS[fmt](None if before else fail_fast)
     if before:
         machine.feed(before)
         if machine.done or (fmt == "json" and machine.state == TRAIL):

@@ -300,3 +300,51 @@ def test_pair_files_are_shuffled_with_anchors_kept_after_their_pair():
     for i, r in enumerate(out):
         if r["taken_by"] == "anchor":
             assert f"{out[i - 1]['id']}a" == r["id"]
+
+
+def test_step_anchors_follow_pairs_with_a_right_turn_as_both_sides(tmp_path):
+    """agent.step_anchors=R: after each pair and its mirror, R anchors on average, each a right turn (good category,
+    progress) of a successful episode at its own state, as chosen and rejected alike; spread over the tasks in a
+    seeded order; kept after their pair by the shuffle; counted in the summary."""
+    from agent_align.__main__ import run
+    from agent_align.env.environment import GOOD
+
+    common = ["stage=agent", "agent.split=train", "agent.limit=60", "env.horizon=6"]
+    run(compose([f"run_dir={tmp_path / 'expert'}", *common, "agent.expert_mode=ground_truth"]))
+    experts = {e["sample_id"]: e for e in map(lambda p: json.loads(p.read_text()),
+                                                (tmp_path / "expert" / "trajectories").glob("*.json"))}
+    informed = [*common, "agent.backend=random", "agent.expert_mode=informed", "agent.save_alternate_trace=true",
+                "agent.mirror_pairs=true", f"agent.pair_runs=[{tmp_path / 'expert'}]", "agent.expert_assist_init_limit=1",
+                "agent.expert_assist_recent_limit=-1", "agent.num_samples=2"]
+    summary = run(compose([f"run_dir={tmp_path / 'a'}", *informed, "agent.step_anchors=1.5"]))
+    rows = read_jsonl(tmp_path / "a" / "preferences" / "step_pairs.jsonl")
+    anchors = [r for r in rows if r["taken_by"] == "step_anchor"]
+    pairs = [r for r in rows if r["taken_by"] not in ("step_anchor", "mirror", "anchor")]
+    assert summary["step_anchors"] == len(anchors) and abs(len(anchors) - 1.5 * len(pairs)) <= 1
+    assert len({a["task_id"] for a in anchors}) >= 10  # spread over the train tasks, not the pairs' own
+    for i, r in enumerate(rows):
+        if r["taken_by"] == "mirror":
+            assert rows[i - 1]["taken_by"] not in ("step_anchor", "mirror")  # a mirror stays right after its pair
+        if r["taken_by"] != "step_anchor":
+            continue
+        assert r["chosen"] == r["rejected"] and len(r["chosen"]) == 1 and r["chosen_category"] in GOOD
+        assert rows[i - 1]["taken_by"] != "mirror" or rows[i - 2]["taken_by"] not in ("step_anchor", "mirror")
+        if r["sample_id"] in experts:  # the state and the turn are the episode's own
+            e = experts[r["sample_id"]]
+            assert [x["content"] for x in e["messages"][:len(r["prompt"])]] == [x["content"] for x in r["prompt"]]
+            assert e["messages"][len(r["prompt"])]["content"] == r["chosen"][0]["content"] and e["success"]
+    assert any(a["sample_id"] in experts for a in anchors)
+    plain = run(compose([f"run_dir={tmp_path / 'b'}", *informed]))
+    assert plain["step_anchors"] == 0 and plain["step_pairs"] == len(rows) - len(anchors)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["agent.step_anchors=-1"], "'agent.step_anchors' = -1"),
+    (["agent.step_anchors=1", "loss=dpo"], "loss=dpo has none"),
+])
+def test_step_anchor_config_errors(overrides, match):
+    from agent_align.env.config import check_agent_config
+    from agent_align.errors import UserError
+
+    with pytest.raises(UserError, match=match):
+        check_agent_config(compose(["+experiment=agentic_sft_dpo", *overrides]))

@@ -31,7 +31,7 @@ def chunkings(text: str, seed: int = 0):
         yield pieces
 
 
-def cut(fmt: str, pieces: list[str], before: str = "", fail_fast: bool = False) -> str | None:
+def cut(fmt: str, pieces: list[str], before: str = "", fail_fast: str | None = None) -> str | None:
     """The text up to and including the piece the machine stops on, or None when it never stops."""
     m = call_end(fmt, before, fail_fast)
     seen = ""
@@ -104,9 +104,9 @@ FAIL_FAST_CASES = [  # strict SSPR (stage=evaluate): an answer that can only fai
 @pytest.mark.parametrize("text,expected", FAIL_FAST_CASES)
 def test_fail_fast_stops_answers_that_can_only_fail(text, expected):
     for pieces in chunkings(text):
-        assert cut("json", pieces, fail_fast=True) == through_piece(pieces, expected)
-    assert cut("react", list("The answer"), fail_fast=True) is None  # a later Action: block can still come
-    assert cut("json", list("The answer"), before="x", fail_fast=True) is None  # a prefix: the old rule
+        assert cut("json", pieces, fail_fast="json") == through_piece(pieces, expected)
+    assert cut("react", list("The answer"), fail_fast="json") is None  # a later Action: block can still come
+    assert cut("json", list("The answer"), before="x", fail_fast="json") is None  # a prefix: the old rule
 
 
 @pytest.mark.parametrize("text,expected", REACT_CASES)
@@ -167,7 +167,7 @@ def _random_answer(rng: random.Random) -> str:
     return lead + body + tail
 
 
-@pytest.mark.parametrize("fail_fast", [False, True])
+@pytest.mark.parametrize("fail_fast", [None, "json"])
 def test_cut_answers_get_the_verdict_of_the_whole_answer(fail_fast):
     """For single and parallel-call schemas, and answers that end cleanly, ramble, repeat, carry braces and
     escapes in strings, are fenced or unbalanced, or start in prose: the cut text passes or fails, in the same
@@ -189,7 +189,7 @@ def test_cut_answers_get_the_verdict_of_the_whole_answer(fail_fast):
             stopped += got is not None and got != text
             prose += got is not None and len(got.strip()) == 1
     assert stopped > 300 and passed > 300  # both kinds were exercised
-    assert (prose > 300) == fail_fast  # fail_fast stopped the answers that start in prose, and only it
+    assert (prose > 300) == bool(fail_fast)  # fail_fast stopped the answers that start in prose, and only it
 
 
 def test_bfcl_answers_parse_to_the_same_calls_when_cut():
@@ -206,6 +206,63 @@ def test_bfcl_answers_parse_to_the_same_calls_when_cut():
             assert parse_calls(got if got is not None else text)[0] == parse_calls(text)[0], text
             cuts += got is not None
     assert cuts >= 10 and parse_calls(answers[1])[0] == [("f", {"s": "}{"}), ("g", {"t": "it's"})]
+
+
+BFCL_FAIL_FAST_CASES = [  # stage=evaluate data=bfcl: JSON or Python calls; prose that can decode to none stops
+    ("The function to call", "The f"),
+    ("Sure, here it is", "Sure,"),
+    ("  get_weather\n[get_weather(city='x')]", "  get_weather\n"),  # a bare name is a statement, not a call
+    ("1. Call f(a=1)", "1"), ('"f(a=1)"', '"'), ("<tool_call>", "<"), ("\u3000Hello there", "\u3000Hello t"),
+    ("math . factorial (number=5)", None), ("math.\tfactorial(number=5) extra", None),  # Python allows the spaces
+    ("math.factorial number", "math.factorial n"), ("math..f(a=1)", "math.."), ("math.1", "math.1"),
+    ("f\u00e9(x=1)", None), ("true(a=1)", None),  # identifiers as Python reads them
+    ("(f)(a=1)", None), ("# a comment\nf(a=1)", None), ("f \\\n(a=1)", None),  # a target in parentheses, a
+    ("f\ufffd", None), ("\ufffd", None),  # comment, a line continuation, a character not yet decoded: undecided
+    ("[f(a=1)] and more", "[f(a=1)] a"), ('{"name": "f", "arguments": {}} ok', '{"name": "f", "arguments": {}} o'),
+    ("```python\nThe call", None),  # inside a fence: left to end of turn
+]
+
+
+@pytest.mark.parametrize("text,expected", BFCL_FAIL_FAST_CASES)
+def test_bfcl_fail_fast_stops_answers_that_decode_to_no_call(text, expected):
+    from agent_align.bfcl.parse import parse_calls
+
+    for pieces in chunkings(text):
+        assert cut("json", pieces, fail_fast="bfcl") == through_piece(pieces, expected)
+    if expected is not None and not expected.rstrip().endswith(("]", "}", ")")):  # stopped in the prose
+        assert parse_calls(text)[0] is None and parse_calls(expected)[0] is None
+    with pytest.raises(ValueError, match="fail_fast='xml'; valid: None, 'json', 'bfcl'"):
+        call_end("json", fail_fast="xml")
+
+
+def _random_bfcl_answer(rng: random.Random) -> str:
+    call = rng.choice(["f(a=1)", "math.factorial(number=5)", "m . g (s='x]')", "get_weather(city=\"Oslo\")"])
+    body = rng.choice([call, f"[{call}, {call}]", f"{call}\n{call}", '{"name": "f", "arguments": {"a": 1}}'])
+    lead = rng.choice(["", "", "", "", "", "", " \n", "Sure, ", "The ", "I will call ", "1. ", "f ", "f.", "x = ", "print ", "(",
+                       "# c\n", "\ufeff", "lambda: ", "not ", "- ", "get_weather\n", "\u00e9t\u00e9 ", "\u3000"])
+    tail = rng.choice(["", "", "\n", " done", "\nThese calls answer it.", ")", "\n```"])
+    return lead + body + tail
+
+
+def test_bfcl_fail_fast_cuts_only_answers_that_decode_to_no_call():
+    """Random answers in both syntaxes, led by prose, names, keywords, comments and odd characters: wherever
+    fail_fast="bfcl" cuts before the call is complete, neither the cut text nor the whole one decodes to calls,
+    so both score the same (decoder_failed / json_error; an irrelevance question's pass); where it cuts after a
+    complete call, both decode to the same calls."""
+    from agent_align.bfcl.parse import parse_calls
+
+    rng = random.Random(3)
+    prose_cuts = valid = 0
+    for i in range(1500):
+        text = _random_bfcl_answer(rng)
+        whole = parse_calls(text)[0]
+        valid += whole is not None
+        for pieces in list(chunkings(text, seed=i))[1:3]:
+            got = cut("json", pieces, fail_fast="bfcl")
+            part = parse_calls(got if got is not None else text)[0]
+            assert part == whole, (text, got)
+            prose_cuts += got is not None and whole is None and len(got) < len(text)
+    assert prose_cuts > 500 and valid > 150  # both kinds were exercised
 
 
 def test_a_prefix_that_holds_the_call_turns_the_machine_off():
@@ -301,9 +358,9 @@ def test_compacting_and_generate_stop_the_same_rows():
     assert sum(len(a[0]) < len(b[0]) for a, b in zip(ours, free)) >= 10
 
 
-def test_fail_fast_ends_prose_rows_on_their_first_token():
-    """stage=evaluate's strict SSPR: a row whose first token starts prose ends on it, with ours and with
-    generate alike, and every row's verdict is the verdict of its uncut text."""
+def _decoded_with_and_without_fail_fast(chars: str, fail_fast: str):
+    """(tokenizer, free rows, rows with ``fail_fast``) of a random 40-token model whose token i decodes to
+    ``chars[i % len(chars)]``; the fail-fast rows are checked equal between ours and ``generate``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -311,17 +368,36 @@ def test_fail_fast_ends_prose_rows_on_their_first_token():
                                          num_attention_heads=2, num_key_value_heads=2, pad_token_id=0)).eval()
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(1, 39, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(40)]
-    chars = '{}"a :,\n'
     tok = SimpleNamespace(pad_token_id=0, eos_token_id=39,
                           decode=lambda ids, skip_special_tokens=True: "".join(chars[i % len(chars)] for i in ids))
     kw = dict(max_new_tokens=12, batch_size=16, desc=None)
     free = generation.generate_ids(model, tok, prompts, compact=True, **kw)
-    kw.update(stop_at_call="json", fail_fast=True)
+    kw.update(stop_at_call="json", fail_fast=fail_fast)
     ours = generation.generate_ids(model, tok, prompts, compact=True, **kw)
     assert generation.generate_ids(model, tok, prompts, compact=False, **kw) == ours
+    return tok, free, ours
+
+
+def test_fail_fast_ends_prose_rows_on_their_first_token():
+    """stage=evaluate's strict SSPR: a row whose first token starts prose ends on it, with ours and with
+    generate alike, and every row's verdict is the verdict of its uncut text."""
+    tok, free, ours = _decoded_with_and_without_fail_fast('{}"a :,\n', "json")
     first_prose = [tok.decode(b[0]).lstrip()[:1] not in "{[\"-0123456789tfnNI`" for b in free]
     assert sum(first_prose) >= 10
     for (a,), (b,), prose in zip(ours, free, first_prose):
         if prose:
             assert a == b[:len(a)] and tok.decode(a).strip() == tok.decode(b).lstrip()[:1]
         assert validate_output(tok.decode(a), SINGLE, "json") == validate_output(tok.decode(b), SINGLE, "json")
+
+
+def test_bfcl_fail_fast_ends_rows_that_can_decode_to_no_call():
+    """stage=evaluate data=bfcl: with ours and with generate alike, a row that can no longer decode to a call ends
+    early, keeps a prefix of its free text, and decodes to the same calls (none) as that text."""
+    from agent_align.bfcl.parse import parse_calls
+
+    tok, free, ours = _decoded_with_and_without_fail_fast('{}"a (,\n.=1', "bfcl")
+    shorter = 0
+    for (a,), (b,) in zip(ours, free):
+        assert a == b[:len(a)] and parse_calls(tok.decode(a))[0] == parse_calls(tok.decode(b))[0]
+        shorter += len(a) < len(b)
+    assert shorter >= 10

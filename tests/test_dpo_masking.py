@@ -32,10 +32,11 @@ def obs(text: str) -> dict:
 FINAL = {"role": "assistant", "content": '{"tool": "FINAL", "parameters": {"answer": "Japan"}}'}
 
 
-def make_trainer(tmp_path, tiny, rows, *, loss_type=("sigmoid",), precompute=True, ref=False, **extra):
+def make_trainer(tmp_path, tiny, rows, *, loss_type=("sigmoid",), precompute=True, ref=False, shared=False, **extra):
     from trl import DPOConfig
 
     from agent_align.train.dpo import PretokenizedDPOTrainer, masked_preference_dataset
+    from agent_align.train.shared_prompt import with_shared_prompt
 
     _, model, tok = tiny
     model = copy.deepcopy(model)
@@ -49,7 +50,8 @@ def make_trainer(tmp_path, tiny, rows, *, loss_type=("sigmoid",), precompute=Tru
                      loss_type=list(loss_type), precompute_ref_log_probs=precompute, precompute_ref_batch_size=2,
                      report_to=[], use_cpu=True, save_strategy="no", bf16=False, pad_to_multiple_of=32, **extra)
     ds = masked_preference_dataset(rows, tok, max_length=512, max_prompt_length=400)
-    return PretokenizedDPOTrainer(model, ref_model=ref_model, args=args, train_dataset=ds, processing_class=tok)
+    cls = with_shared_prompt(PretokenizedDPOTrainer) if shared else PretokenizedDPOTrainer
+    return cls(model, ref_model=ref_model, args=args, train_dataset=ds, processing_class=tok)
 
 
 def row(chosen, rejected) -> dict:
@@ -381,3 +383,25 @@ def test_decision_tokens_fail_at_start_where_they_would_do_nothing(tmp_path):
     with pytest.raises(UserError, match=r"'dpo.decision_tokens' = 2: loss=stepwise"):  # whatever the stage
         check_config(compose(["dpo.decision_tokens=2", "loss=stepwise", "data.negatives_source=synthetic"]))
     check_pair_rows(compose(["dpo.decision_tokens=2", "data.negatives_source=synthetic"]), agent, tmp_path / "p.jsonl")
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_step_anchor_trains_only_through_the_nll_term(tmp_path, tiny, shared):
+    """agent.step_anchors: a pair whose two sides are the same turn has a DPO margin of exactly 0 and no DPO
+    gradient (same tokens, same mask, same context, with the prompt shared or not); loss=rpo's NLL term trains it."""
+    import math
+
+    anchor = row([call("Mei Sato")], [call("Mei Sato")])
+    norms = {}
+    for loss_type in (("sigmoid",), ("sigmoid", "sft")):
+        trainer = make_trainer(tmp_path / "-".join(loss_type), tiny, [anchor, anchor], loss_type=loss_type,
+                               shared=shared, ref=True)
+        batch = trainer.data_collator([trainer.train_dataset[0], trainer.train_dataset[1]])
+        trainer.model.zero_grad()
+        loss = trainer.compute_loss(trainer.model, batch)
+        loss.backward()
+        norms[loss_type] = math.sqrt(sum(float((p.grad ** 2).sum()) for p in trainer.model.parameters()
+                                         if p.grad is not None))
+        if loss_type == ("sigmoid",):
+            assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+    assert norms[("sigmoid", "sft")] > 0.1 and norms[("sigmoid",)] < 1e-6 * norms[("sigmoid", "sft")]

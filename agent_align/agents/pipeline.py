@@ -92,7 +92,8 @@ class _Loop:
         if cfg.agent.preference_granularity == "trajectory":  # the policy's own successes vs its own failures
             result = self.agent(name, name, **{**common, "agent__trajectory_pairs": True})
         else:
-            mirrors_from = [str(self.sub("expert").run_dir)] if cfg.agent.mirror_pairs else []  # its successes
+            # its successes: mirrors and step anchors come from them
+            mirrors_from = [str(self.sub("expert").run_dir)] if cfg.agent.mirror_pairs or cfg.agent.step_anchors else []
             result = self.agent(name, name, **{**common, "agent__expert_mode": "informed", "agent__expert": "ground_truth",
                                                "agent__save_alternate_trace": True, "agent__trajectory_pairs": False,
                                                "agent__mask_suboptimal_traces": False,

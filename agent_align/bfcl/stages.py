@@ -132,7 +132,8 @@ def with_system(prompts: list[dict], system: str) -> list[dict]:
 def model_generate(cfg, model, tok, desc: str, info: dict | None = None) -> Generate:
     """``generate`` for a model here: the training system prompt added (``with_system``), rendered with
     the model's chat template, at most ``evaluate.bfcl_max_prompt_length`` tokens kept (the end, as in
-    training), greedy decoding of up to ``evaluate.bfcl_max_new_tokens``. ``info`` receives prompt-length
+    training), greedy decoding of up to ``evaluate.bfcl_max_new_tokens``, a row ending once its call is complete
+    or once no continuation could decode to a call (``call_end``, ``fail_fast="bfcl"``). ``info`` receives prompt-length
     statistics (``prompt_tokens_max``, ``truncated_prompts``)."""
     from agent_align.generation import call_stop, generate_ids, prompt_text
     from agent_align.hardware import resolve_precision
@@ -149,7 +150,8 @@ def model_generate(cfg, model, tok, desc: str, info: dict | None = None) -> Gene
         ids = [i[-cap:] for i in ids]
         out = generate_ids(model, tok, ids, max_new_tokens=cfg.evaluate.bfcl_max_new_tokens,
                            batch_size=cfg.evaluate.batch_size or cfg.hardware.eval_batch_size,
-                           bf16=resolve_precision(cfg.hardware) == "bf16", desc=desc, stop_at_call=call_stop(cfg))
+                           bf16=resolve_precision(cfg.hardware) == "bf16", desc=desc, stop_at_call=call_stop(cfg),
+                           fail_fast="bfcl")  # prose that can decode to no call ends on its first token (call_end.py)
         return [tok.decode(seqs[0], skip_special_tokens=True) for seqs in out]
     return generate
 

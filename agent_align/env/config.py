@@ -83,6 +83,11 @@ class AgentConfig:
     # success of the same task (this run's or agent.pair_runs'; agent_pipeline adds its expert run) where B
     # was right, rejected = repeating the earlier A call; includes the final anchors (B = FINAL)
     mirror_pairs: bool = False
+    # step pairs: after each pair (with its mirror), this many right turns of successful episodes (the run's own and
+    # agent.pair_runs': agent_pipeline's expert), spread over the train tasks, as pairs whose two sides are that one
+    # turn. Their DPO term is exactly zero, so only loss=rpo's NLL trains them: SFT rows mixed into DPO, holding the
+    # task families the pairs say nothing about (agent_align/env/preferences.py, with_step_anchors). 0 = none
+    step_anchors: float = 0.0
     max_pairs_per_task: int = 4
     # agent_pipeline: the test tasks of another world (this env.world_seed) pick the policy kept, SFT or one of the
     # dpo.rounds, by success on them (ties keep the earlier); null keeps the last round's. Never the test world.
@@ -153,6 +158,11 @@ def check_agent_config(cfg) -> None:
     if cfg.get("stage") == "agent_pipeline" and cfg.data.negatives == "nat" and cfg.dpo.rounds > 1:
         raise config_error("dpo.rounds", cfg.dpo.rounds, "data.negatives=nat replaces DPO with one tagged SFT; "
                            "set dpo.rounds=1 (or data.negatives=standard for DPO rounds)")
+    if a.step_anchors < 0:
+        raise config_error("agent.step_anchors", a.step_anchors, "must be >= 0 (anchor rows per step pair; 0 = none)")
+    if a.step_anchors > 0 and "sft" not in list(cfg.loss.loss_type or []):
+        raise config_error("agent.step_anchors", a.step_anchors, "anchor rows train only through an NLL term, and "
+                           f"loss={cfg.loss.name} has none: use loss=rpo, or set agent.step_anchors=0")
     if a.mirror_pairs and a.final_anchors:
         raise config_error("agent.final_anchors", True, "agent.mirror_pairs already adds the final anchors "
                            "(mirrors of premature FINALs): set one of them")

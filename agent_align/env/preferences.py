@@ -245,12 +245,45 @@ def with_mirrors(records: list[dict], rows: list[dict], fmt: str = "json") -> li
     return out
 
 
+def with_step_anchors(records: list[dict], rows: list[dict], per_pair: float, seed, fmt: str = "json") -> list[dict]:
+    """``rows`` (step pairs, with their mirrors) with ``per_pair`` step anchors after each pair on average: a right
+    turn of a successful episode as both sides of a pair (``taken_by="step_anchor"``). Chosen and rejected are the
+    same tokens under the same mask, so the DPO margin is exactly zero whatever the policy and its gradient cancels;
+    what trains is the NLL term of ``loss=rpo`` on that turn. That is SFT on the expert's (or the policy's own)
+    right steps mixed into DPO: a pair "A, not B" moves the logits of every task that looks alike (a 135M policy
+    flips whole task families, docs/agent_env.md), and the anchors, drawn from every train task in a seeded
+    order, pull the families the pairs say nothing about back to their right turns. Interleaved like mirrors,
+    so ``dpo.max_pairs`` keeps the proportion."""
+    pool = [(r, k, history, turn) for r in records if r["success"] for k, _, history, turn in _right_calls(r, fmt)]
+    if not pool or per_pair <= 0:
+        return rows
+    random.Random(f"anchors-{seed}").shuffle(pool)
+    out, credit, used = [], 0.0, 0
+    for i, row in enumerate(rows):
+        out.append(row)
+        if i + 1 < len(rows) and rows[i + 1].get("taken_by") in ("anchor", "mirror"):
+            continue  # after the pair's mirror, so the two stay together
+        credit += per_pair
+        while credit >= 1:
+            credit -= 1
+            r, k, history, turn = pool[used % len(pool)]
+            used += 1
+            sides = [{"role": "assistant", "content": turn["content"]}]
+            out.append({**{key: r[key] for key in ("tools", "task_id", "scenario", "tool_availability")},
+                        "schema": _chosen_schema(r["tools"], turn["content"], fmt),
+                        "prompt": [{"role": m["role"], "content": m["content"]} for m in history],
+                        "chosen": sides, "rejected": copy.deepcopy(sides), "granularity": "step",
+                        "sample_id": r["sample_id"], "step": k, "taken_by": "step_anchor",
+                        "chosen_category": r["steps"][k]["category"], "rejected_category": r["steps"][k]["category"]})
+    return out
+
+
 def shuffled(rows: list[dict], seed) -> list[dict]:
     """``rows`` in a seeded random order, each anchor or mirror kept right after its pair. The dpo stage's
     ``dpo.max_pairs`` takes the first pairs of a file; in episode order those would be the first tasks'."""
     units: list[list[dict]] = []
     for r in rows:
-        if r.get("taken_by") in ("anchor", "mirror") and units:
+        if r.get("taken_by") in ("anchor", "mirror", "step_anchor") and units:
             units[-1].append(r)
         else:
             units.append([r])

@@ -49,7 +49,7 @@ def generate_ids(model, tokenizer, prompt_ids: Sequence[list[int]], *, max_new_t
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1,
                  bf16: bool = False, desc: str | None = "generating", seed: int | None = None,
                  cache_implementation: str | None = None, compact: bool | None = None,
-                 stop_at_call: str | Sequence[str | None] | None = None, fail_fast: bool = False,
+                 stop_at_call: str | Sequence[str | None] | None = None, fail_fast: str | None = None,
                  text_before: Sequence[str] | None = None) -> list[list[list[int]]]:
     """New token ids per prompt (a list of ``num_return_sequences`` sequences each), in input order.
 
@@ -61,7 +61,8 @@ def generate_ids(model, tokenizer, prompt_ids: Sequence[list[int]], *, max_new_t
     ``decode_compacting`` (greedy or sampled, several samples per prompt) instead of ``model.generate``.
     ``stop_at_call``: an output format ("json" | "react"), one per prompt, or None: a row also ends once its
     text holds a complete call, with the same verdict as the whole text (``agent_align.call_end``);
-    ``fail_fast``: and once its strict JSON verdict is a failure whatever follows (stage=evaluate's SSPR only);
+    ``fail_fast``: and once its verdict is a failure whatever follows: "json" (stage=evaluate's strict SSPR) or
+    "bfcl" (JSON or Python call syntax, stage=evaluate data=bfcl; ``agent_align.call_end``);
     ``text_before``: per prompt, answer text already in the prompt (a Step-DPO prefix) that the call continues.
     ``desc``: progress on the terminal and in the log (``agent_align.progress``); None for neither.
     """

@@ -22,7 +22,7 @@ from pathlib import Path
 from agent_align.env.config import expert_mode
 from agent_align.env.environment import STEP_CATEGORIES, OrgEnv
 from agent_align.env.preferences import (shuffled, sft_rows, sft_step_rows, step_pairs, trajectory_pairs,
-                                         with_final_anchors, with_mirrors)
+                                         with_final_anchors, with_mirrors, with_step_anchors)
 from agent_align.env.tasks import select_split
 from agent_align.errors import config_error, file_error
 from agent_align.jsonl import write_json, write_jsonl
@@ -130,14 +130,18 @@ def run(cfg, ctx: RunContext) -> dict:
         summary["sft_step_rows"] = write_jsonl(ctx.path("sft", "steps.jsonl"), sft_step_rows(records))
         if a.save_alternate_trace:
             rows = step_pairs(records, cfg.data.format)
+            others = [r for other in a.pair_runs for r in read_trajectories(other, "agent.pair_runs").values()] \
+                if a.mirror_pairs or a.step_anchors else []
             if a.mirror_pairs:
-                others = [r for other in a.pair_runs for r in read_trajectories(other, "agent.pair_runs").values()]
                 rows = with_mirrors([*records, *others], rows, cfg.data.format)
             elif a.final_anchors:
                 rows = with_final_anchors(records, rows, cfg.data.format)
+            if a.step_anchors:
+                rows = with_step_anchors([*records, *others], rows, a.step_anchors, cfg.seed, cfg.data.format)
             summary["step_pairs"] = write_jsonl(ctx.path("preferences", "step_pairs.jsonl"), shuffled(rows, cfg.seed))
             summary["final_anchors"] = sum(r["taken_by"] == "anchor" for r in rows)
             summary["mirror_pairs"] = sum(r["taken_by"] == "mirror" for r in rows)
+            summary["step_anchors"] = sum(r["taken_by"] == "step_anchor" for r in rows)
         if a.trajectory_pairs:
             others = [r for other in a.pair_runs for r in read_trajectories(other, "agent.pair_runs").values()]
             rows = trajectory_pairs(records, a.mask_suboptimal_traces, a.max_pairs_per_task, others)

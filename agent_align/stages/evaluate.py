@@ -34,7 +34,7 @@ def predict(cfg, model, tok, enc, rows: list[dict], desc: str) -> list[str]:
     batch = cfg.evaluate.batch_size or cfg.hardware.eval_batch_size
     out = generate_by_budget(model, tok, ids, call_budgets(rows, cfg.evaluate.max_new_tokens), batch_size=batch,
                              bf16=resolve_precision(cfg.hardware) == "bf16", desc=desc, stop_at_call=call_stop(cfg),
-                             fail_fast=True)  # prose answers end on their first token (agent_align/call_end.py)
+                             fail_fast="json")  # prose answers end on their first token (agent_align/call_end.py)
     texts = [tok.decode(seqs[0], skip_special_tokens=True) for seqs in out]
     return texts
 
