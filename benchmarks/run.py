@@ -332,6 +332,7 @@ def run_mfu(args, plan: Plan, pool: Sides, prep: dict, work: Path, same_model: b
     out["model"] = args.mfu_model
     if args.profile:
         say("utilisation: profiling (not timed)")
+        args.profile.mkdir(parents=True, exist_ok=True)
         pool.run(sides.profiled, {**mfu_spec, "side_fn": "mfu", "run_dir": str(work / "runs" / "mfu-profile"),
                                   "profile_path": str(args.profile / "mfu.txt")})
         shutil.rmtree(work / "runs" / "mfu-profile", ignore_errors=True)

@@ -101,3 +101,15 @@ def test_pipeline_seconds_is_the_sum_of_a_summarys_stage_timings(tmp_path):
     summary = tmp_path / "summary.json"
     summary.write_text(json.dumps({"timings": {"generate": 4.0, "sft": 300.5, "dpo": 200.0, "total": 504.5}}))
     assert bench.pipeline_seconds_from(summary) == 504.5
+
+
+def test_profile_of_the_utilisation_run_goes_into_a_new_directory(tmp_path):
+    """--profile DIR with --only mfu: DIR need not exist (it used to fail looking for DIR/mfu.txt.json)."""
+    profile = tmp_path / "profiles" / "new"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "benchmarks/run.py", "--quick", "--only", "mfu", "--profile", str(profile),
+                           "--out", str(tmp_path / "out.json")], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (profile / "mfu.txt").read_text()
+    assert table.startswith("timed block:") and "share of the timed block: matmul" in table
