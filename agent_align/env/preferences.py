@@ -118,6 +118,19 @@ def step_pairs(records: list[dict], fmt: str = "json") -> list[dict]:
     return rows
 
 
+ATTACHED = ("anchor", "mirror", "step_anchor")  # rows that follow the pair they were added for
+
+
+def _state_pair(source: dict, history: list[dict], chosen: str, rejected: str, fmt: str, **meta) -> dict:
+    """A step pair at ``history`` (a state of ``source``'s task, whose tools it carries): one assistant turn a side,
+    the chosen call's schema, and ``meta`` (sample_id, step, taken_by, categories)."""
+    return {**{k: source[k] for k in ("tools", "task_id", "scenario", "tool_availability")},
+            "schema": _chosen_schema(source["tools"], chosen, fmt),
+            "prompt": [{"role": m["role"], "content": m["content"]} for m in history],
+            "chosen": [{"role": "assistant", "content": chosen}], "rejected": [{"role": "assistant", "content": rejected}],
+            "granularity": "step", **meta}
+
+
 def _final_state(record: dict) -> tuple[list[dict], dict, dict] | None:
     """(history, correct FINAL turn, the last successful call before it) of a successful episode."""
     turns = _turn_positions(record["messages"])
@@ -151,13 +164,9 @@ def with_final_anchors(records: list[dict], rows: list[dict], fmt: str = "json")
             continue
         r, (history, final, before) = options[used[row["task_id"]] % len(options)]
         used[row["task_id"]] += 1
-        out.append({**{k: row[k] for k in ("tools", "task_id", "scenario", "tool_availability")},
-                    "schema": _chosen_schema(row["tools"], final["content"], fmt),
-                    "prompt": [{"role": m["role"], "content": m["content"]} for m in history],
-                    "chosen": [{"role": "assistant", "content": final["content"]}],
-                    "rejected": [{"role": "assistant", "content": before["content"]}],
-                    "granularity": "step", "sample_id": r["sample_id"], "step": len(r["steps"]) - 1,
-                    "taken_by": "anchor", "chosen_category": "correct_final", "rejected_category": "redundant"})
+        out.append(_state_pair(row, history, final["content"], before["content"], fmt, sample_id=r["sample_id"],
+                               step=len(r["steps"]) - 1, taken_by="anchor", chosen_category="correct_final",
+                               rejected_category="redundant"))
     return out
 
 
@@ -234,14 +243,9 @@ def with_mirrors(records: list[dict], rows: list[dict], fmt: str = "json") -> li
             continue
         r, history, turn, rejected, why = options[used[key] % len(options)]
         used[key] += 1
-        out.append({**{k: r[k] for k in ("tools", "task_id", "scenario", "tool_availability")},
-                    "schema": _chosen_schema(r["tools"], turn["content"], fmt),
-                    "prompt": [{"role": m["role"], "content": m["content"]} for m in history],
-                    "chosen": [{"role": "assistant", "content": turn["content"]}],
-                    "rejected": [{"role": "assistant", "content": rejected["content"]}],
-                    "granularity": "step", "sample_id": r["sample_id"], "step": len(_turn_positions(history)),
-                    "taken_by": "mirror", "chosen_category": "correct_final" if b == "FINAL" else "correct",
-                    "rejected_category": why})
+        out.append(_state_pair(r, history, turn["content"], rejected["content"], fmt, sample_id=r["sample_id"],
+                               step=len(_turn_positions(history)), taken_by="mirror",
+                               chosen_category="correct_final" if b == "FINAL" else "correct", rejected_category=why))
     return out
 
 
@@ -261,20 +265,16 @@ def with_step_anchors(records: list[dict], rows: list[dict], per_pair: float, se
     out, credit, used = [], 0.0, 0
     for i, row in enumerate(rows):
         out.append(row)
-        if i + 1 < len(rows) and rows[i + 1].get("taken_by") in ("anchor", "mirror"):
+        if i + 1 < len(rows) and rows[i + 1].get("taken_by") in ATTACHED:
             continue  # after the pair's mirror, so the two stay together
         credit += per_pair
         while credit >= 1:
             credit -= 1
             r, k, history, turn = pool[used % len(pool)]
             used += 1
-            sides = [{"role": "assistant", "content": turn["content"]}]
-            out.append({**{key: r[key] for key in ("tools", "task_id", "scenario", "tool_availability")},
-                        "schema": _chosen_schema(r["tools"], turn["content"], fmt),
-                        "prompt": [{"role": m["role"], "content": m["content"]} for m in history],
-                        "chosen": sides, "rejected": copy.deepcopy(sides), "granularity": "step",
-                        "sample_id": r["sample_id"], "step": k, "taken_by": "step_anchor",
-                        "chosen_category": r["steps"][k]["category"], "rejected_category": r["steps"][k]["category"]})
+            category = r["steps"][k]["category"]
+            out.append(_state_pair(r, history, turn["content"], turn["content"], fmt, sample_id=r["sample_id"], step=k,
+                                   taken_by="step_anchor", chosen_category=category, rejected_category=category))
     return out
 
 
@@ -283,7 +283,7 @@ def shuffled(rows: list[dict], seed) -> list[dict]:
     ``dpo.max_pairs`` takes the first pairs of a file; in episode order those would be the first tasks'."""
     units: list[list[dict]] = []
     for r in rows:
-        if r.get("taken_by") in ("anchor", "mirror", "step_anchor") and units:
+        if r.get("taken_by") in ATTACHED and units:
             units[-1].append(r)
         else:
             units.append([r])
