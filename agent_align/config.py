@@ -139,6 +139,8 @@ class HardwareConfig:
     # DPO only; null = gradient_checkpointing. cpu.yaml: true (SmolLM2 DPO peak growth 6.8 -> 3.9 GB, 2-5% slower; README)
     dpo_gradient_checkpointing: Optional[bool] = None
     compact_decoding: bool = True  # greedy decoding drops finished rows from the batch and KV cache (generation/decoder.py)
+    # decoding runs the prefix every prompt shares (the system prompt) once, not once a prompt (generation/decoder.py)
+    share_prefix: bool = True
     compact_lm_head: bool = True  # LM head + log-softmax on labelled (completion) tokens only; false = TRL's CPU default
     # DPO (policy and reference log-probs): each pair's prompt runs once, chosen and rejected packed after it with
     # a block mask (agent_align/train/shared_prompt.py); false = TRL's two rows per pair, the prompt twice

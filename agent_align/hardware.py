@@ -98,5 +98,10 @@ def liger_available() -> bool:
 def set_threads(hw) -> None:
     import torch
 
+    from agent_align import openmp
+
     n = hw.torch_threads or os.cpu_count() or 1
     torch.set_num_threads(n)
+    if openmp.CHOICE:  # once a process
+        log.info("%s", openmp.CHOICE)
+        openmp.CHOICE = ""

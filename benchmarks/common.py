@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # Imported once by the fork server, so each measured side starts in a fresh process in a few tenths of a
 # second instead of re-importing torch/transformers/TRL (~5-12 s here). agent_align comes first: it sets
-# OMP_WAIT_POLICY before torch loads the OpenMP runtime, as `python -m agent_align` does.
+# how idle OpenMP threads wait (agent_align/openmp.py) before torch loads the OpenMP runtime, as `python -m agent_align` does.
 PRELOAD = ["agent_align", "torch", "transformers", "datasets", "deepspeed", "trl.trainer.sft_trainer", "trl.trainer.dpo_trainer",
            "agent_align.stages.sft", "agent_align.stages.dpo", "agent_align.stages.evaluate",
            "agent_align.agents.llm", "agent_align.agents.runner", "agent_align.models.loading",
@@ -287,6 +287,7 @@ def machine() -> dict:
             "cpu_family_model": f"family {info.get('cpu family', '?')} model {info.get('model', '?')}", "cores_total": os.cpu_count(), "cores_visible": len(os.sched_getaffinity(0)),
             "flags": [f for f in BF16_FLAGS if f in cpu_flags()], "python": platform.python_version(),
             **{lib: version(lib) for lib in ("torch", "transformers", "trl", "datasets")},
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", ""),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
             "bf16_speedup": cpu_bf16_speedup(),  # bf16 over fp32 matmul speed, as the training precision choice measures it
             "load_average_start": list(os.getloadavg())}

@@ -8,7 +8,9 @@ CPU): ``generate`` batched, left padded and sorted by length as ``generate_ids``
 (``compact=False``) vs ``decode_compacting``, without and with ``stop_at_call``. Greedy evaluation: ours
 (``stages.evaluate.predict``'s call: batched, compacting, stop at the call) vs one ``generate`` call per
 prompt on the fp32 model (benchmarks/sides.py ``eval_baseline``). The same prompts on each side; pass
-rates come from the validator, so a faster side that produced worse calls would show.
+rates come from the validator, so a faster side that produced worse calls would show. Our evaluation runs
+twice, with the prompts' shared prefix (the system prompt) prefilled once and, as ``hardware.share_prefix=false``,
+once a prompt: ``shared_prefix_eval_ratio``, and the share of prompts whose calls came out the same.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def main() -> None:
     import torch
 
     from agent_align.data.generator import Generator
-    from agent_align.generation import generate_ids
+    from agent_align.generation import decoder, generate_ids
     from agent_align.hardware import resolve_precision
     from agent_align.models import load_model_and_tokenizer
     from agent_align.train.encode import Encoder, chat_of, system_prompt, unique_prompts
@@ -85,13 +87,22 @@ def main() -> None:
     res["sampling_ratio_cpu"] = round(ours["samples_per_cpu_s"] / base["samples_per_cpu_s"], 2)
 
     n, m = args.eval_prompts, args.baseline_eval
-    out, sec, cpu = timed(lambda: generate_ids(model, tok, ids[:n], max_new_tokens=args.max_new_tokens,
-                                               batch_size=cfg.hardware.eval_batch_size, bf16=bf16, desc=None,
-                                               stop_at_call=fmt))
-    res["eval_ours"] = {"calls": n, "seconds": round(sec, 2), "cpu_seconds": round(cpu, 2),
-                        "calls_per_s": round(n / sec, 2), "calls_per_cpu_s": round(n / cpu, 2),
-                        "mean_new_tokens": round(sum(len(s[0]) for s in out) / n, 1), "pass_rate": pass_rate(rows[:n], texts(out))}
-    print("eval_ours", res["eval_ours"], flush=True)
+    outs = {}
+    for name, share in [("eval_ours", True), ("eval_ours_unshared_prefix", False)]:
+        decoder.set_share_prefix(share)  # the system prompt's tokens prefilled once (True) or once a prompt
+        out, sec, cpu = timed(lambda: generate_ids(model, tok, ids[:n], max_new_tokens=args.max_new_tokens,
+                                                   batch_size=cfg.hardware.eval_batch_size, bf16=bf16, desc=None,
+                                                   stop_at_call=fmt))
+        outs[name] = out
+        res[name] = {"calls": n, "seconds": round(sec, 2), "cpu_seconds": round(cpu, 2),
+                     "calls_per_s": round(n / sec, 2), "calls_per_cpu_s": round(n / cpu, 2),
+                     "mean_new_tokens": round(sum(len(s[0]) for s in out) / n, 1),
+                     "pass_rate": pass_rate(rows[:n], texts(out))}
+        print(name, res[name], flush=True)
+    decoder.set_share_prefix(cfg.hardware.share_prefix)
+    res["shared_prefix_tokens"] = len(decoder._common_prefix(ids[:n]))
+    res["shared_prefix_eval_ratio"] = round(res["eval_ours"]["calls_per_s"] / res["eval_ours_unshared_prefix"]["calls_per_s"], 2)
+    res["shared_prefix_same_outputs"] = sum(a == b for a, b in zip(outs["eval_ours"], outs["eval_ours_unshared_prefix"])) / n
     model.eval()
 
     def per_prompt_loop():
@@ -108,7 +119,8 @@ def main() -> None:
     ours, base = res["eval_ours"], res["eval_per_prompt_generate"]
     res["eval_ratio"] = round(ours["calls_per_s"] / base["calls_per_s"], 2)
     res["eval_ratio_cpu"] = round(ours["calls_per_cpu_s"] / base["calls_per_cpu_s"], 2)
-    print(json.dumps({k: res[k] for k in ("sampling_ratio", "sampling_ratio_cpu", "eval_ratio", "eval_ratio_cpu")} | {
+    print(json.dumps({k: res[k] for k in ("sampling_ratio", "sampling_ratio_cpu", "eval_ratio", "eval_ratio_cpu",
+                                          "shared_prefix_eval_ratio", "shared_prefix_same_outputs")} | {
         "cpu": res["machine"]["cpu"], "bf16_speedup": res["machine"]["bf16_speedup"]}))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1) + "\n")

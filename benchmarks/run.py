@@ -40,7 +40,7 @@ MFU_TARGET, PIPELINE_TARGET_S = 0.35, 600.0  # of the measured matmul peak in th
 # every comparison at about 15 minutes on 2 cores; any flag or --override given on the command line wins.
 MODEL_DEFAULTS = {
     "smollm2_135m": {"overrides": ["hardware.sft_batch_size=8", "hardware.dpo_batch_size=8"],
-                     "args": {"repeats": 1, "steps": 3, "mfu_steps": 3, "eval_prompts": 24, "episodes": 6,
+                     "args": {"repeats": 1, "steps": 3, "mfu_steps": 3, "eval_prompts": 24, "episodes": 24,
                               "ref_pairs": 32, "sample_prompts": 12}},
     "tiny": {"overrides": [], "args": {"repeats": 3, "steps": 20, "mfu_steps": 6, "eval_prompts": 128, "episodes": 32,
                                        "ref_pairs": 256, "sample_prompts": 64}},
@@ -390,7 +390,8 @@ def table(result: dict) -> str:
                   f"{m['cores_visible']}/{m['cores_total']} cores; flags {' '.join(m['flags'])}"
                   + (f" (absent: {' '.join(absent)})" if absent else ""),
               f"  torch {m['torch']}, transformers {m['transformers']}, trl {m['trl']}; "
-              f"{m.get('torch_threads', '?')} threads, OMP_WAIT_POLICY={m['omp_wait_policy'] or 'unset'}; "
+              f"{m.get('torch_threads', '?')} threads, OMP_WAIT_POLICY={m['omp_wait_policy'] or 'unset'}, "
+              f"GOMP_SPINCOUNT={m.get('gomp_spincount') or 'unset'}; "
               f"training dtype {m.get('training_precision', '?')}, bf16/fp32 matmul speed {m['bf16_speedup']:.2f}x"]
     if "matmul_peak_flops" in m:
         peaks = ", ".join(f"{d} {v / 1e9:,.1f} GFLOP/s" for d, v in m["matmul_peak_flops"].items())

@@ -23,9 +23,9 @@ from agent_align.generation.batched import (
     prompt_text,
     set_compact_decoding,
 )
-from agent_align.generation.decoder import decode_compacting
+from agent_align.generation.decoder import decode_compacting, set_share_prefix
 from agent_align.generation.sampling import draw, sampler
 
 __all__ = ["call_budgets", "call_stop", "decode_compacting", "draw", "encode_prompts", "generate",
            "generate_by_budget", "generate_ids", "inference_copy", "plain_decoding", "prompt_text", "sampler",
-           "set_compact_decoding"]
+           "set_compact_decoding", "set_share_prefix"]

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 def decode_compacting(model, ids, mask, max_new_tokens: int | Sequence[int], eos: int, *,
                       pick: Callable | None = None, n: int = 1, ends_after: Callable[[int, int], bool] | None = None, waiting: Sequence[list[int]] = (),
-                      pad: int = 0, refill_at: float | None = None,
+                      pad: int = 0, refill_at: float | None = None, share_prefix: bool | None = None,
                       progress: Callable[[int], None] | None = None) -> list[list[int]]:
     """Decode a left-padded batch, then the ``waiting`` prompts as rows free up, greedy (``pick=None``: argmax)
     or sampled (``pick``: ``sampler``), computing only rows still going. Returns new tokens per row (``n`` rows
@@ -29,6 +29,9 @@ def decode_compacting(model, ids, mask, max_new_tokens: int | Sequence[int], eos
     starts afresh (as separate calls would). With nothing left waiting, ended rows leave the batch and the
     KV cache (``DynamicCache.batch_select_indices``) once they are an eighth of it. Same tokens as
     ``generate`` for greedy decoding, and the same distribution for sampling (``draw``; tests/test_sampling.py).
+    Shared prefix (``share_prefix``, default ``SHARE_PREFIX``): the tokens every prompt of the call starts with (the
+    system prompt: 64 of an eval prompt's ~220 tokens) are run once, and each prefill group continues from copies of
+    their keys and values, so a row's cache holds ``[prefix | its padding | the rest of its prompt]`` (``prefill``).
     Used only when the model's generation config asks for no other logits processing (``plain_decoding``).
     ``progress(k)``: k rows ended.
     """
@@ -49,27 +52,39 @@ def decode_compacting(model, ids, mask, max_new_tokens: int | Sequence[int], eos
     def prefill(ids, mask, cache):
         """Run the left-padded prompts into the empty ``cache``: rows of similar length together (``_chunks``),
         each group cut to its own longest prompt, so padding columns are not computed; their keys and values
-        land right-aligned in the batch's rows as one forward would have left them."""
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        land right-aligned in the batch's rows as one forward would have left them. With a shared prefix each group
+        continues from the prefix's cache and its rows land as ``[padding | prefix | padding | rest]``; the mask
+        returned says which columns hold tokens."""
+        if shared:
+            ids, mask = _left_pad(_rows(ids, mask, shared), pad, ids.device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0) + len(shared)
         lengths = mask.sum(-1)
         rows_by_length = torch.argsort(lengths, stable=True)
         groups = _chunks(lengths[rows_by_length].tolist(), PREFILL_TOKENS)
-        if len(groups) == 1 or not _slotted(cache):
+        if (len(groups) == 1 and not shared) or not _slotted(cache):
             logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                            **{cache_key: cache}, **head).logits[:, -1]
         else:
-            width, logits = ids.shape[1], None
+            width, logits, p = ids.shape[1], None, len(shared)
+            full = mask.new_zeros((ids.shape[0], p + width))
             for lo, hi in groups:
                 rows = rows_by_length[lo:hi]
                 cut = width - int(lengths[rows].max())
                 part = DynamicCache(config=model.config)
-                group_logits = model(input_ids=ids[rows, cut:], attention_mask=mask[rows, cut:],
+                group_mask = mask[rows, cut:]
+                if p:
+                    for layer, (k, v) in zip(part.layers, shared_kv):
+                        layer.update(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1))
+                    group_mask = torch.cat([group_mask.new_ones((len(rows), p)), group_mask], dim=-1)
+                group_logits = model(input_ids=ids[rows, cut:], attention_mask=group_mask,
                                      position_ids=pos[rows, cut:], use_cache=True, **{cache_key: part}, **head).logits[:, -1]
                 if logits is None:
                     logits = group_logits.new_empty((ids.shape[0], group_logits.shape[-1]))
                 logits[rows] = group_logits
+                full[rows, cut:] = group_mask
                 for layer, src in zip(cache.layers, part.layers):
-                    layer.place(rows, src.keys, src.values, ids.shape[0], width)
+                    layer.place(rows, src.keys, src.values, ids.shape[0], p + width)
+            mask = full
         return logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0), pos[:, -1].repeat_interleave(n, 0)
 
     def start(ids, mask, first_row):
@@ -79,6 +94,17 @@ def decode_compacting(model, ids, mask, max_new_tokens: int | Sequence[int], eos
             cache.batch_repeat_interleave(n)
         return cache, logits, mask, last, list(range(first_row, first_row + ids.shape[0] * n))
 
+    share_prefix = SHARE_PREFIX if share_prefix is None else share_prefix
+    shared = _common_prefix([*_rows(ids, mask), *queue]) if share_prefix else []
+    if len(shared) < SHARED_PREFIX_MIN or not _slotted(_cache_with_room(model.config, 0)):
+        shared = []
+    shared_kv = []  # per layer: the prefix's keys and values, [1, kv_heads, prefix, dim]
+    if shared:
+        prefix_cache = DynamicCache(config=model.config)
+        prefix_ids = torch.tensor([shared], device=ids.device)
+        model(input_ids=prefix_ids, position_ids=torch.arange(len(shared), device=ids.device)[None], use_cache=True,
+              **{cache_key: prefix_cache}, **head)
+        shared_kv = [(layer.keys, layer.values) for layer in prefix_cache.layers]
     cache, logits, mask, last, live = start(ids, mask, 0)  # live: batch position -> output row
     next_row = len(live)
     refillable = bool(queue) and _slotted(cache)
@@ -142,6 +168,15 @@ def decode_compacting(model, ids, mask, max_new_tokens: int | Sequence[int], eos
     return out
 
 
+SHARE_PREFIX = True  # hardware.share_prefix; benchmarks/README.md has the measurement
+SHARED_PREFIX_MIN = 8  # shorter common prefixes are prefilled with each prompt
+
+
+def set_share_prefix(enabled: bool) -> None:
+    global SHARE_PREFIX
+    SHARE_PREFIX = bool(enabled)
+
+
 REFILL_AT = 0.125  # continuous batching: refill once this share of the batch's rows has ended (benchmarks/README.md)
 PREFILL_TOKENS = 2048  # prompt tokens, padding included, per prefill forward (benchmarks/README.md)
 
@@ -155,6 +190,27 @@ def _chunks(lengths: Sequence[int], budget: int) -> list[tuple[int, int]]:
             groups.append((lo, i))
             lo = i
     return groups + [(lo, len(lengths))] if lengths else groups
+
+
+def _rows(ids, mask, skip: int | Sequence[int] = 0) -> list[list[int]]:
+    """The left-padded batch's prompts as token lists, each without its first ``skip`` tokens (a count or the
+    prefix itself)."""
+    k = skip if isinstance(skip, int) else len(skip)
+    return [row[m.bool()].tolist()[k:] for row, m in zip(ids, mask)]
+
+
+def _common_prefix(prompts: Sequence[list[int]]) -> list[int]:
+    """The tokens every prompt starts with, leaving each at least its last token (whose logits start decoding)."""
+    if len(prompts) < 2:
+        return []
+    first = prompts[0]
+    end = min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        k = 0
+        while k < end and p[k] == first[k]:
+            k += 1
+        end = k
+    return list(first[:max(end, 0)])
 
 
 def _left_pad(prompts: Sequence[list[int]], pad: int, device):
