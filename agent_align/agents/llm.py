@@ -19,17 +19,20 @@ class HFBackend:
     """A local causal LM; one ``generate`` call per step advances every episode (sorted by length, batched)."""
 
     def __init__(self, cfg, model_path: str | None, *, temperature: float, max_new_tokens: int, seed: int = 0):
-        from agent_align.generation import call_stop
+        from agent_align.generation import call_stop, inference_copy
         from agent_align.hardware import resolve_precision
         from agent_align.models import load_model_and_tokenizer
 
-        self.model, self.tok = load_model_and_tokenizer(cfg, path=model_path)
+        model, self.tok = load_model_and_tokenizer(cfg, path=model_path)
+        bf16 = resolve_precision(cfg.hardware) == "bf16"
+        # the decoding copy made once (bf16 on a bf16 CPU), not at every step: generate_ids copies an fp32 model per
+        # call (0.4-0.8 s for SmolLM2-135M here), and the runner calls it once a time step of the episode batch
+        self.model = inference_copy(model, bf16)
         a = cfg.agent
         self.max_new_tokens = max_new_tokens
         self.max_prompt = cfg.model.max_length - max_new_tokens
         self.kw = dict(max_new_tokens=max_new_tokens, batch_size=a.batch_size, do_sample=temperature > 0,
-                       temperature=temperature or 1.0, top_p=a.top_p, bf16=resolve_precision(cfg.hardware) == "bf16",
-                       stop_at_call=call_stop(cfg))
+                       temperature=temperature or 1.0, top_p=a.top_p, bf16=bf16, stop_at_call=call_stop(cfg))
         self.seed, self.calls = seed, 0
 
     def complete(self, chats: list[dict]) -> list[str | None]:
