@@ -56,7 +56,7 @@ def decode_compacting(model, ids, mask, max_new_tokens: int | Sequence[int], eos
         continues from the prefix's cache and its rows land as ``[padding | prefix | padding | rest]``; the mask
         returned says which columns hold tokens."""
         if shared:
-            ids, mask = _left_pad(_rows(ids, mask, shared), pad, ids.device)
+            ids, mask = _left_pad(_rows(ids, mask, len(shared)), pad, ids.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0) + len(shared)
         lengths = mask.sum(-1)
         rows_by_length = torch.argsort(lengths, stable=True)
@@ -192,11 +192,9 @@ def _chunks(lengths: Sequence[int], budget: int) -> list[tuple[int, int]]:
     return groups + [(lo, len(lengths))] if lengths else groups
 
 
-def _rows(ids, mask, skip: int | Sequence[int] = 0) -> list[list[int]]:
-    """The left-padded batch's prompts as token lists, each without its first ``skip`` tokens (a count or the
-    prefix itself)."""
-    k = skip if isinstance(skip, int) else len(skip)
-    return [row[m.bool()].tolist()[k:] for row, m in zip(ids, mask)]
+def _rows(ids, mask, skip: int = 0) -> list[list[int]]:
+    """The left-padded batch's prompts as token lists, each without its first ``skip`` tokens."""
+    return [row[m.bool()].tolist()[skip:] for row, m in zip(ids, mask)]
 
 
 def _common_prefix(prompts: Sequence[list[int]]) -> list[int]:
