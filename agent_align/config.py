@@ -141,6 +141,9 @@ class HardwareConfig:
     compact_decoding: bool = True  # greedy decoding drops finished rows from the batch and KV cache (generation/decoder.py)
     # decoding runs the prefix every prompt shares (the system prompt) once, not once a prompt (generation/decoder.py)
     share_prefix: bool = True
+    # a streamed agent turn (agent.continuous) reuses the keys and values its episode's last turn left in the decoding
+    # batch: only the new messages are prefilled (generation/decoder.py, resume)
+    resume_turns: bool = True
     compact_lm_head: bool = True  # LM head + log-softmax on labelled (completion) tokens only; false = TRL's CPU default
     # DPO (policy and reference log-probs): each pair's prompt runs once, chosen and rejected packed after it with
     # a block mask (agent_align/train/shared_prompt.py); false = TRL's two rows per pair, the prompt twice

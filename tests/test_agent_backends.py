@@ -108,27 +108,35 @@ def test_llm_expert_and_llm_judge_through_the_http_backend(fake_openai, tmp_path
         assert judge(unanswerable, "the answer is 4")[0] is False  # rule-based: must say it cannot answer
 
 
-def test_hf_backend_advances_all_episodes_with_one_generate_call_per_step(monkeypatch):
+def tiny_backend(max_new_tokens=4, batch_size=64, streams=False, seed=0, **kw):
+    """``HFBackend`` on a one-layer random Llama (fp32, greedy unless ``do_sample``), without a checkpoint."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    import agent_align.generation as generation
     from agent_align.agents.llm import HFBackend
     from agent_align.models.templates import chat_template
     from tests.test_env_masking import make_tokenizer
 
     tok = make_tokenizer(chat_template("builtin"))
     tok.padding_side = "left"
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
                                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
+    hf = HFBackend.__new__(HFBackend)
+    hf.model, hf.tok, hf.seed, hf.calls, hf.max_prompt, hf.streams = model, tok, 0, 0, 10_000, streams
+    hf.kw = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "do_sample": False, "temperature": 1.0,
+             "top_p": 1.0, "bf16": False, "stop_at_call": None, **kw}
+    return hf
+
+
+def test_hf_backend_advances_all_episodes_with_one_generate_call_per_step(monkeypatch):
+    import agent_align.generation as generation
+
     calls = []
     real = generation.generate_ids
     monkeypatch.setattr(generation, "generate_ids", lambda m, t, ids, **kw: calls.append(len(ids)) or real(m, t, ids, **kw))
-    hf = HFBackend.__new__(HFBackend)
-    hf.model, hf.tok, hf.seed, hf.calls, hf.max_prompt = model, tok, 0, 0, 10_000
-    hf.kw = dict(max_new_tokens=4, batch_size=64, do_sample=False, temperature=1.0, top_p=1.0, bf16=False)
+    hf = tiny_backend()
     cfg = compose(["agent.split=test", "env.horizon=3"])
     with OrgEnv(cfg.env) as org:
         tasks = [t for t in org.tasks if t["split"] == "test"][:5]
@@ -137,3 +145,77 @@ def test_hf_backend_advances_all_episodes_with_one_generate_call_per_step(monkey
         hf.max_prompt = 5  # nothing fits any more: episodes end as truncated by context, not as invalid calls
         recs = list(Runner(org, LLMAgent(hf), None, match_judge, cfg.agent).run([(t, 0, t["task_id"]) for t in tasks]))
     assert all(r["truncated"] and r["truncated_reason"] == "context" and r["total_time_steps"] == 0 for r in recs)
+
+
+def _episodes(overrides, backend, n, expert=None):
+    cfg = compose(["agent.split=test", *overrides])
+    with OrgEnv(cfg.env) as org:
+        tasks = [t for t in org.tasks if t["split"] == "test"][:n]
+        runner = Runner(org, LLMAgent(backend), expert, match_judge, cfg.agent)
+        recs = list(runner.run([(t, 0, t["task_id"]) for t in tasks]))
+    for r in recs:
+        r.pop("seconds")
+    return sorted(recs, key=lambda r: r["sample_id"])
+
+
+@pytest.mark.parametrize("overrides,batch", [
+    ([], 64),  # every episode in the first batch
+    ([], 3),  # finished episodes' places go to the next ones
+    (["agent.expert_mode=informed", "agent.expert_assist_init_limit=1", "agent.save_alternate_trace=true"], 4),
+    (["agent.expert_mode=random", "agent.expert_assist_random_epsilon=0.5"], 5),
+])
+def test_streamed_episodes_are_the_episodes_stepped_in_waves(monkeypatch, overrides, batch):
+    """Greedy fp32: each episode's turns, expert steps, branching points and outcome are the same whether it goes on
+    as its answer ends (one ``generate_stream`` call for the run) or waits for its time step's slowest answer."""
+    from agent_align.agents.policies import GroundTruthExpert
+    import agent_align.generation as generation
+
+    calls = {"stream": 0, "ids": 0}
+    real_stream, real_ids = generation.generate_stream, generation.generate_ids
+
+    def counted(name, real):
+        return lambda *a, **kw: calls.__setitem__(name, calls[name] + 1) or real(*a, **kw)
+    monkeypatch.setattr(generation, "generate_stream", counted("stream", real_stream))
+    monkeypatch.setattr(generation, "generate_ids", counted("ids", real_ids))
+    overrides = ["env.horizon=4", *overrides]
+    expert = GroundTruthExpert() if any("expert_mode" in o for o in overrides) else None
+    waves = _episodes(overrides, tiny_backend(max_new_tokens=6, batch_size=batch), 9, expert)
+    assert calls["stream"] == 0 and calls["ids"] > 0
+    calls["ids"] = 0
+    streamed = _episodes([*overrides, f"agent.batch_size={batch}"], tiny_backend(max_new_tokens=6, batch_size=batch,
+                                                                                 streams=True), 9, expert)
+    assert calls == {"stream": 1, "ids": 0}
+    assert len(streamed) == 9 and streamed == waves
+    assert any(r["total_time_steps"] > 1 for r in streamed)
+    if "agent.save_alternate_trace=true" in overrides:
+        assert any(r["alternate_traces"] for r in streamed)
+
+
+def test_streamed_episodes_end_on_context_and_on_calls_as_in_waves():
+    """Chats that outgrow the context end their episodes as truncated without reaching the decoder, at the first
+    turn or later, while the others go on; answers end at the call (``stop_at_call``) as in waves."""
+    def run(streams, max_prompt):
+        hf = tiny_backend(max_new_tokens=8, batch_size=4, streams=streams, stop_at_call="json")
+        hf.max_prompt = max_prompt
+        return _episodes(["env.horizon=4"], hf, 6)
+
+    for max_prompt in (5, 300, 450, 10_000):  # first prompts are 274-310 tokens, each turn adds ~100
+        streamed = run(True, max_prompt)
+        assert streamed == run(False, max_prompt)
+        steps = sorted(r["total_time_steps"] for r in streamed)
+        truncated = [r["truncated_reason"] == "context" for r in streamed]
+        assert {5: all(truncated) and steps == [0] * 6, 300: 0 in steps and 1 in steps, 450: any(truncated) and
+                max(steps) < 4, 10_000: not any(truncated)}[max_prompt]
+
+
+def test_sampled_streamed_episodes_repeat_with_their_seed():
+    """Sampling through the stream: every episode ends, the same seed gives the same episodes, another seed others."""
+    def run(seed):
+        hf = tiny_backend(max_new_tokens=6, batch_size=4, streams=True, do_sample=True)
+        hf.seed = seed
+        return _episodes(["env.horizon=3"], hf, 9)
+
+    first = run(0)
+    assert len(first) == 9 and all(r["total_time_steps"] >= 1 for r in first)
+    assert run(0) == first
+    assert run(1) != first

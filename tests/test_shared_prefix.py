@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from agent_align import generation
 from agent_align.generation import decoder
@@ -68,3 +69,45 @@ def test_common_prefix_leaves_every_prompt_a_token():
     assert decoder._common_prefix([[1, 2], [2, 2]]) == []
     assert decoder._common_prefix([[1, 2, 3]]) == []
     assert decoder._common_prefix([]) == []
+
+
+@pytest.mark.parametrize("share,resume", [(True, True), (False, True), (True, False)])
+def test_prompts_sent_while_decoding_decode_as_they_would_alone(monkeypatch, share, resume):
+    """``generate_stream``: each ended answer is sent back a follow-up prompt (its prompt, its answer and a new
+    token, as an agent's next turn), some without the prefix the first batch shares; each follow-up joins the
+    running batch, reusing the keys and values its row left (``resume``) unless it dropped the prefix, and every
+    answer is the one its prompt decodes alone."""
+    model = _model(vocab=40)
+    with torch.no_grad():  # sharp attention: a token's position (its rotation) changes what it attends to
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8)
+            layer.self_attn.k_proj.weight.mul_(8)
+    first = _shared_prompts(8)
+    tok = SimpleNamespace(pad_token_id=0, eos_token_id=_eos_that_ends_rows_early(model, first))
+    monkeypatch.setattr(decoder, "SHARE_PREFIX", share)
+    monkeypatch.setattr(decoder, "RESUME", resume)
+    monkeypatch.setattr(decoder, "RESUME_MIN", 4)
+    shapes = _decode_batches(model)
+    stream = generation.generate_stream(model, tok, list(enumerate(first)), max_new_tokens=24, batch_size=4)
+    prompts, answers, sent = dict(enumerate(first)), {}, None
+    while True:
+        try:
+            key, ids = stream.send(sent)
+        except StopIteration:
+            break
+        answers[key] = ids
+        sent = []
+        if key < 24:  # follow-ups: every third one drops the shared prefix
+            nxt = key + 8
+            prompts[nxt] = (prompts[key] + ids + [7])[len(PREFIX) if nxt % 3 == 0 else 0:]
+            sent = [(nxt, prompts[nxt])]
+    assert sorted(answers) == list(range(32))
+    assert max(rows for rows, _ in shapes) <= 4 and sum(1 for _, width in shapes if width > 1) > 8  # refills
+    prefilled = sum(rows * width for rows, width in shapes if width > 1)
+    follow_ups = sum(len(p) for key, p in prompts.items() if key >= 8 and key % 3)
+    if resume:  # only what a follow-up adds to its row's tokens (and the whole of those that dropped the prefix)
+        assert prefilled < sum(len(p) for key, p in prompts.items() if key < 8 or key % 3 == 0) + follow_ups // 4
+    else:
+        assert prefilled > follow_ups
+    for key, p in prompts.items():
+        assert answers[key] == generation.generate_ids(model, tok, [p], max_new_tokens=24, desc=None, compact=False)[0][0]

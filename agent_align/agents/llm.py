@@ -2,7 +2,8 @@
 play: the agent, the LLM expert (shown the ground-truth trajectory), and the LLM judge.
 
 A backend has ``complete(chats) -> list[str | None]`` for chats ``{"messages", "tools"}``; ``None``
-means the chat no longer fits the model's context (the episode is then truncated).
+means the chat no longer fits the model's context (the episode is then truncated). A backend with ``streams``
+true also has ``stream``: a generator of ``(key, text or None)`` as each answer ends, sent the next chats.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ log = logging.getLogger(__name__)
 
 
 class HFBackend:
-    """A local causal LM; one ``generate`` call per step advances every episode (sorted by length, batched)."""
+    """A local causal LM: ``complete`` decodes a list of chats in one batched call (a wave's time step), ``stream``
+    decodes chats as they come, each new one joining the batch as a row ends (``generate_stream``)."""
 
     def __init__(self, cfg, model_path: str | None, *, temperature: float, max_new_tokens: int, seed: int = 0):
-        from agent_align.generation import call_stop, inference_copy
+        from agent_align.generation import call_stop, inference_copy, streams
         from agent_align.hardware import resolve_precision
         from agent_align.models import load_model_and_tokenizer
 
@@ -34,6 +36,41 @@ class HFBackend:
         self.kw = dict(max_new_tokens=max_new_tokens, batch_size=a.batch_size, do_sample=temperature > 0,
                        temperature=temperature or 1.0, top_p=a.top_p, bf16=bf16, stop_at_call=call_stop(cfg))
         self.seed, self.calls = seed, 0
+        self.streams = a.continuous and streams(self.model, temperature > 0)
+
+    def _fitting(self, chats):
+        """A generator: yields ``(key, None)`` for each ``(key, chat)`` too long for the context (taking back the chats
+        that follow from it), returns ``(key, prompt ids)`` for the others."""
+        from agent_align.generation import encode_prompts
+
+        fit, todo = [], list(chats)
+        while todo:
+            key, chat = todo.pop(0)
+            ids = encode_prompts(self.tok, [chat])[0]
+            if len(ids) <= self.max_prompt:
+                fit.append((key, ids))
+            else:
+                todo += (yield key, None) or []
+        return fit
+
+    def stream(self, chats):
+        """A generator over answers as they end: ``(key, text or None)`` for each ``(key, chat)`` of ``chats`` and of
+        every list sent back (``generate_stream``); None: the chat does not fit the context."""
+        from agent_align.generation import generate_stream
+
+        first = yield from self._fitting(chats)
+        if not first:
+            return
+        self.calls += 1
+        answers = generate_stream(self.model, self.tok, first, seed=self.seed + self.calls, **self.kw)
+        sent = None
+        while True:
+            try:
+                key, ids = answers.send(sent)
+            except StopIteration:
+                return
+            more = (yield key, self.tok.decode(ids, skip_special_tokens=True)) or []
+            sent = yield from self._fitting(more)
 
     def complete(self, chats: list[dict]) -> list[str | None]:
         from agent_align.generation import encode_prompts, generate_ids
@@ -84,6 +121,21 @@ class LLMAgent:
 
     def act(self, envs) -> list[str | None]:
         return self.backend.complete([self.chat(env) for env in envs])
+
+    @property
+    def streams(self) -> bool:
+        return getattr(self.backend, "streams", False)
+
+    def stream(self, turns):
+        """A generator over proposals as they end: ``(key, text or None)`` for each ``(key, env)`` of ``turns`` and
+        of every list sent back, which are decoded alongside (``HFBackend.stream``)."""
+        answers, sent = self.backend.stream([(key, self.chat(env)) for key, env in turns]), None
+        while True:
+            try:
+                key, text = answers.send(sent)
+            except StopIteration:
+                return
+            sent = [(k, self.chat(env)) for k, env in (yield key, text) or []]
 
 
 def hf_agent(cfg, ctx):

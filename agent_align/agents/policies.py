@@ -15,6 +15,8 @@ class GroundTruthExpert:
     """Replays the task's ground-truth trajectory from whatever state the episode is in: the next step
     the history has not covered yet, else FINAL with the gold answer (``ToolEnv.expert_call``)."""
 
+    instant = True  # no model: the runner asks it one episode at a time (``Runner._stream``)
+
     def act(self, envs) -> list[str]:
         return [env.render(env.expert_call(), seed=len(env.steps)) for env in envs]
 

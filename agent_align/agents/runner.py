@@ -9,6 +9,10 @@ batched ``generate`` for a local model) and one ``expert.act`` call. Who acts is
   informed      the agent for the first init_limit steps; then the expert whenever the last
                 |recent_limit| steps all failed (a category other than correct/correct_final)
 
+With a local model agent (``agent.continuous``) the episodes do not wait for each other: each answer is acted on
+as soon as it ends, the episode's next prompt joins the decoding batch, and a finished episode's place goes to
+the next one (``HFBackend.stream``), where a time step of the batch would wait for its slowest answer.
+
 With ``save_alternate_trace`` both sides propose at every step, and a branching point is recorded when
 the expert took over from a different agent action, or the agent acted and its action made no progress
 (it failed, or covered no ground-truth step) where the expert's would have.
@@ -16,6 +20,7 @@ the expert took over from a different agent action, or the agent acted and its a
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from dataclasses import dataclass, field
@@ -43,6 +48,7 @@ class Episode:
     alternates: list = field(default_factory=list)
     rng: random.Random = field(default_factory=random.Random)
     start: float = field(default_factory=time.perf_counter)
+    expert_turn: bool = False  # who acts at the step being decided
 
 
 class Intervention:
@@ -82,7 +88,11 @@ class Runner:
         return Episode(env, sample_id, rng=random.Random(f"{self.seed}-{sample_id}"))
 
     def run(self, samples: list[tuple[dict, int, str]]):
-        """Yields one trajectory record per finished episode, wave by wave (``agent.batch_size`` at a time)."""
+        """Yields one trajectory record per finished episode: ``agent.batch_size`` episodes at a time, each going on
+        as its answer ends (``_stream``), or wave by wave where the agent or expert cannot stream (``_wave``)."""
+        if getattr(self.agent, "streams", False) and (self.expert is None or getattr(self.expert, "instant", False)):
+            yield from self._stream(samples)
+            return
         for i in range(0, len(samples), self.batch_size):
             episodes = [self.start(*s) for s in samples[i:i + self.batch_size]]
             yield from self._wave(episodes)
@@ -109,6 +119,43 @@ class Runner:
             active = [ep for ep in active if not ep.env.done]
             for ep in finished:
                 yield self.record(ep)
+
+    def _stream(self, samples):
+        todo, finished = iter(samples), []
+
+        def turn(ep: Episode) -> list:
+            """``[(ep, env)]`` when the agent is to propose next (the expert's own steps taken first); when ``ep`` has
+            ended, its record is kept and the next episode starts: its first turn, or [] with none left."""
+            while True:
+                while not ep.env.done:
+                    ep.expert_turn = self.intervention.expert_acts(ep)
+                    if not ep.expert_turn or self.save_alt:
+                        return [(ep, ep.env)]
+                    self._advance(ep, True, None, self.expert.act([ep.env])[0], None)
+                finished.append(self.record(ep))
+                sample = next(todo, None)
+                if sample is None:
+                    return []
+                ep = self.start(*sample)
+
+        first = []
+        for sample in itertools.islice(todo, self.batch_size):  # turn() may take more from todo: episodes that end at once
+            first += turn(self.start(*sample))
+        proposals, sent = self.agent.stream(first), None
+        while True:
+            yield from finished
+            finished.clear()
+            try:
+                ep, proposal = proposals.send(sent)
+            except StopIteration:
+                return
+            outcome, asks_expert = None, ep.expert_turn
+            if not ep.expert_turn and self.save_alt and proposal is not None:
+                outcome = ep.env.evaluate(proposal)
+                asks_expert = not makes_progress(outcome)  # a branching point if the expert would do better
+            expert = self.expert.act([ep.env])[0] if asks_expert else None
+            self._advance(ep, ep.expert_turn, proposal, expert, outcome)
+            sent = turn(ep)
 
     def _advance(self, ep: Episode, expert_turn: bool, proposal, expert_action, agent_outcome) -> None:
         env = ep.env

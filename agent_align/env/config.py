@@ -59,7 +59,10 @@ class AgentConfig:
     max_new_tokens: int = 96
     temperature: float = 0.0  # 0 -> greedy
     top_p: float = 1.0
-    batch_size: int = 64  # episodes advanced together: one generate call per step for all of them
+    batch_size: int = 64  # episodes decoded together
+    # hf agent: each episode goes on as soon as its answer ends, in one decoding call for the whole run (its next
+    # prompt joins the batch, a finished episode's place goes to the next one); false: waves that step together
+    continuous: bool = True
     expert_mode: Optional[str] = None  # null | ground_truth | random | informed (seed 003)
     expert: str = "ground_truth"  # ground_truth (replay) | openai | hf (an LLM given the gold trajectory)
     expert_model_path: Optional[str] = None  # expert=hf: its checkpoint (null -> model.*)

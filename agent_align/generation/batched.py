@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Generator, Hashable, Sequence
 
 from agent_align.generation.attention import packed_decoding
-from agent_align.generation.decoder import _left_pad, decode_compacting
+from agent_align.generation.decoder import _left_pad, decode_compacting, decode_stream
 from agent_align.generation.sampling import sampler
 from agent_align.progress import Progress
 
@@ -125,6 +125,63 @@ def generate_ids(model, tokenizer, prompt_ids: Sequence[list[int]], *, max_new_t
         bar.close()
         model.train(was_training)
     return out
+
+
+def generate_stream(model, tokenizer, prompts: Sequence[tuple[Hashable, list[int]]], *, max_new_tokens: int = 96,
+                    batch_size: int = 64, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                    bf16: bool = False, seed: int | None = None, stop_at_call: str | None = None,
+                    fail_fast: str | None = None) -> Generator[tuple[Hashable, list[int]], list | None, None]:
+    """A generator over answers as they end: ``(key, new token ids)`` for each ``(key, prompt ids)`` of ``prompts``
+    and of every list sent back, ``send([(key, prompt ids), ...])``, which join the decoding batch as rows end
+    (``decode_stream``): a multi-turn agent's next turn starts when its last answer ends. One answer per prompt,
+    greedy or sampled, ``batch_size`` rows at a time; ``stop_at_call``/``fail_fast`` as in ``generate_ids``.
+    Needs the compacting decoder (``streams``)."""
+    import torch
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    keys: list = []  # output row -> key
+    machines: list = []
+    ends_after = None
+    if stop_at_call:
+        from agent_align.call_end import call_end
+
+        texts = _TokenTexts(tokenizer)
+        ends_after = lambda row, tok: machines[row].feed(texts(tok))  # noqa: E731
+
+    def admit(more) -> list[list[int]]:
+        """Number ``more`` on from the rows so far (the decoder does the same) and give each its call-end machine."""
+        keys.extend(key for key, _ in more)
+        if stop_at_call:
+            machines.extend(call_end(stop_at_call, "", fail_fast) for _ in more)
+        return [ids for _, ids in more]
+
+    was_training = model.training
+    model.eval()
+    decoder = inference_copy(model, bf16)
+    first = admit(prompts)
+    ids, mask = _left_pad(first[:batch_size], pad, model.device)
+    rows = decode_stream(decoder, ids, mask, max_new_tokens, eos, pick=sampler(temperature, top_p) if do_sample else None,
+                         ends_after=ends_after, waiting=first[batch_size:], pad=pad)
+    sent = None
+    try:
+        while True:
+            with torch.inference_mode(), packed_decoding(decoder):
+                try:
+                    row, tokens = rows.send(sent)
+                except StopIteration:
+                    return
+            more = (yield keys[row], _strip(tokens, pad, eos)) or []
+            sent = [(ids, max_new_tokens) for ids in admit(more)]
+    finally:
+        rows.close()
+        model.train(was_training)
+
+
+def streams(model, do_sample: bool) -> bool:
+    """``generate_stream`` can decode for ``model``: the compacting decoder is on and has every logits step it asks."""
+    return COMPACT_DECODING and plain_decoding(model, do_sample)
 
 
 def generate_by_budget(model, tokenizer, prompt_ids: Sequence[list[int]], budgets: Sequence[int], **kwargs):

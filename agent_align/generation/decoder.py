@@ -3,7 +3,7 @@ places (continuous batching)."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Generator, Sequence
 
 
 def decode_compacting(model, ids, mask, max_new_tokens: int | Sequence[int], eos: int, *,
@@ -35,6 +35,28 @@ def decode_compacting(model, ids, mask, max_new_tokens: int | Sequence[int], eos
     Used only when the model's generation config asks for no other logits processing (``plain_decoding``).
     ``progress(k)``: k rows ended.
     """
+    rows = decode_stream(model, ids, mask, max_new_tokens, eos, pick=pick, n=n, ends_after=ends_after, waiting=waiting,
+                         pad=pad, refill_at=refill_at, share_prefix=share_prefix)
+    while True:
+        try:
+            next(rows)
+        except StopIteration as done:
+            return done.value
+        if progress is not None:
+            progress(1)
+
+
+def decode_stream(model, ids, mask, max_new_tokens: int | Sequence[int], eos: int, *, pick: Callable | None = None,
+                  n: int = 1, ends_after: Callable[[int, int], bool] | None = None, waiting: Sequence[list[int]] = (),
+                  pad: int = 0, refill_at: float | None = None, share_prefix: bool | None = None
+                  ) -> Generator[tuple[int, list[int]], Sequence[tuple[list[int], int]] | None, list[list[int]]]:
+    """``decode_compacting`` as a generator: yields ``(row, new tokens)`` as each output row ends, and takes more
+    prompts while it runs: ``send([(prompt ids, max new tokens), ...])`` queues them behind ``waiting`` (their rows
+    are numbered on in the order sent), to refill rows as they end. Returns every row's tokens.
+
+    An agent's next turn can so start as soon as its last answer ends, instead of waiting for the slowest answer
+    of its time step (``agents.runner``). Prompts sent later share the prefix only if they start with it.
+    """
     import inspect
 
     import torch
@@ -49,7 +71,7 @@ def decode_compacting(model, ids, mask, max_new_tokens: int | Sequence[int], eos
     cache_key = "cache" if "cache" in params else "past_key_values"
     head = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # the LM head on the last position only
 
-    def prefill(ids, mask, cache):
+    def prefill(ids, mask, cache, shared):
         """Run the left-padded prompts into the empty ``cache``: rows of similar length together (``_chunks``),
         each group cut to its own longest prompt, so padding columns are not computed; their keys and values
         land right-aligned in the batch's rows as one forward would have left them. With a shared prefix each group
@@ -87,16 +109,18 @@ def decode_compacting(model, ids, mask, max_new_tokens: int | Sequence[int], eos
             mask = full
         return logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0), pos[:, -1].repeat_interleave(n, 0)
 
-    def start(ids, mask, first_row):
+    def start(ids, mask, first_row, shared):
         cache = _cache_with_room(model.config, max(budget))
-        logits, mask, last = prefill(ids, mask, cache)
+        logits, mask, last = prefill(ids, mask, cache, shared)
         if n > 1:
             cache.batch_repeat_interleave(n)
         return cache, logits, mask, last, list(range(first_row, first_row + ids.shape[0] * n))
 
     share_prefix = SHARE_PREFIX if share_prefix is None else share_prefix
-    shared = _common_prefix([*_rows(ids, mask), *queue]) if share_prefix else []
-    if len(shared) < SHARED_PREFIX_MIN or not _slotted(_cache_with_room(model.config, 0)):
+    refillable = _slotted(_cache_with_room(model.config, 0))  # and rows can share a prefix, or resume
+    prompt_of = [*_rows(ids, mask), *queue]  # prompt index -> its tokens
+    shared = _common_prefix(prompt_of) if share_prefix else []
+    if len(shared) < SHARED_PREFIX_MIN or not refillable:
         shared = []
     shared_kv = []  # per layer: the prefix's keys and values, [1, kv_heads, prefix, dim]
     if shared:
@@ -105,9 +129,54 @@ def decode_compacting(model, ids, mask, max_new_tokens: int | Sequence[int], eos
         model(input_ids=prefix_ids, position_ids=torch.arange(len(shared), device=ids.device)[None], use_cache=True,
               **{cache_key: prefix_cache}, **head)
         shared_kv = [(layer.keys, layer.values) for layer in prefix_cache.layers]
-    cache, logits, mask, last, live = start(ids, mask, 0)  # live: batch position -> output row
+
+    def sharing(prompts):
+        """The shared prefix if every one of ``prompts`` starts with it (prompts sent later may not)."""
+        return shared if all(p[:len(shared)] == shared for p in prompts) else []
+
+    def resume(prompts, pasts):
+        """Prefill ``prompts`` whose first tokens' keys and values a row that ended left (``pasts``: (count, per
+        layer (keys, values) [kv_heads, count, dim])): only the rest of each runs, from a cache of those, and the
+        rows land as ``[padding | held | padding | rest]``. Returns (cache, logits, mask, last position)."""
+        held = [r for r, _ in pasts]
+        width = max(held)
+        rest_ids, rest_mask = _left_pad([p[r:] for p, r in zip(prompts, held)], pad, ids.device)
+        part = DynamicCache(config=model.config)
+        for i, layer in enumerate(part.layers):
+            k0 = pasts[0][1][i][0]
+            keys = k0.new_zeros((len(prompts), k0.shape[0], width, k0.shape[-1]))
+            values = keys.clone()
+            for row, (r, kv) in enumerate(pasts):
+                keys[row, :, width - r:], values[row, :, width - r:] = kv[i]
+            layer.update(keys, values)
+        held_mask = rest_mask.new_zeros((len(prompts), width))
+        for row, r in enumerate(held):
+            held_mask[row, width - r:] = 1
+        full = torch.cat([held_mask, rest_mask], dim=-1)
+        pos = (rest_mask.cumsum(-1) - 1).clamp(min=0) + torch.tensor(held, device=ids.device)[:, None]
+        logits = model(input_ids=rest_ids, attention_mask=full, position_ids=pos, use_cache=True,
+                       **{cache_key: part}, **head).logits[:, -1]
+        return part, logits, full, pos[:, -1]
+
+    def place(into, src, new_logits, new_mask, new_last, mask):
+        """Write prefilled rows (``src``'s cache, ``n`` output rows a prompt) into the batch's ended rows ``into``,
+        right-aligned to the last column; returns the batch's mask."""
+        width = new_mask.shape[1]
+        slot_idx = torch.tensor(into, device=ids.device)
+        for layer, part in zip(cache.layers, src.layers):
+            layer.admit(slot_idx, part.keys.repeat_interleave(n, 0), part.values.repeat_interleave(n, 0))
+        grow = width - mask.shape[1]
+        if grow > 0:  # the new prompts are longer than the running cache: it grew on the left (admit)
+            mask = torch.cat([mask.new_zeros((mask.shape[0], grow)), mask], dim=-1)
+        mask[slot_idx] = 0
+        mask[slot_idx, mask.shape[1] - width:] = new_mask
+        logits[slot_idx], last[slot_idx] = new_logits.to(logits.dtype), new_last
+        return mask
+
+    resumes = n == 1 and refillable and RESUME  # sent prompts reuse what the row they continue holds (``resume``)
+    cache, logits, mask, last, live = start(ids, mask, 0, shared)  # live: batch position -> output row
     next_row = len(live)
-    refillable = bool(queue) and _slotted(cache)
+    past = {}  # prompt index -> what a sent prompt continues of the row that ended before it (``resume``)
     slots = len(live)  # rows the batch holds while prompts wait
     left = [budget[row // n] for row in live]  # new tokens each row may still make
     ended = [False] * len(live)
@@ -122,45 +191,61 @@ def decode_compacting(model, ids, mask, max_new_tokens: int | Sequence[int], eos
             else:
                 out[row].append(tok)
                 ended[k] = left[k] == 0 or (ends_after is not None and ends_after(row, tok))
-            if ended[k] and progress is not None:
-                progress(1)
+            if ended[k]:
+                more = yield row, out[row]
+                for prompt, limit in more or ():
+                    if resumes:  # the row's keys and values for the tokens this prompt starts with
+                        fed = prompt_of[row] + out[row][:len(out[row]) - (tok != eos)]  # the last token is not fed yet
+                        r = min(_common_length(prompt, fed), len(prompt) - 1)
+                        if r >= RESUME_MIN:
+                            cols = mask[k].nonzero().squeeze(-1)[:r]
+                            past[len(budget)] = (r, [(layer.keys[k][:, cols], layer.values[k][:, cols])
+                                                     for layer in cache.layers])
+                    prompt_of.append(prompt)
+                    queue.append(prompt)
+                    budget.append(limit)
+                    out.extend([] for _ in range(n))
         n_ended = sum(ended)
         if n_ended == len(live):
             if not queue:
                 break
-            take, queue = queue[:slots // n], queue[slots // n:]  # all ended at once: a fresh batch
-            cache, logits, mask, last, live = start(*_left_pad(take, pad, ids.device), next_row)
-            next_row += len(live)
-            left, ended = [budget[row // n] for row in live], [False] * len(live)
-            continue
-        if n_ended and (not queue or not refillable) and n_ended * 8 >= len(live):  # drop them from batch and cache
-            keep_rows = [k for k, e in enumerate(ended) if not e]
-            keep = torch.tensor(keep_rows, device=ids.device)
-            cache.batch_select_indices(keep)
-            live, left = [live[k] for k in keep_rows], [left[k] for k in keep_rows]
-            nxt, mask, last, ended = nxt[keep], mask[keep], last[keep], [False] * len(keep_rows)
-            mask = _trim(cache, mask, ended)
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
-        last = last + 1
-        logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None], use_cache=True,
-                       **{cache_key: cache}, **head).logits[:, -1]
+            if not any(next_row + j in past for j in range(min(len(queue), len(live)))):
+                take, queue = queue[:slots // n], queue[slots // n:]  # all ended at once: a fresh batch
+                for j in range(len(take)):
+                    past.pop(next_row // n + j, None)
+                cache, logits, mask, last, live = start(*_left_pad(take, pad, ids.device), next_row, sharing(take))
+                next_row += len(live)
+                left, ended = [budget[row // n] for row in live], [False] * len(live)
+                continue
+            # else the waiting turns resume from rows of this batch: they refill it below, nothing to decode first
+        else:
+            if n_ended and (not queue or not refillable) and n_ended * 8 >= len(live):  # drop them from batch and cache
+                keep_rows = [k for k, e in enumerate(ended) if not e]
+                keep = torch.tensor(keep_rows, device=ids.device)
+                cache.batch_select_indices(keep)
+                live, left = [live[k] for k in keep_rows], [left[k] for k in keep_rows]
+                nxt, mask, last, ended = nxt[keep], mask[keep], last[keep], [False] * len(keep_rows)
+                mask = _trim(cache, mask, ended)
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+            last = last + 1
+            logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None], use_cache=True,
+                           **{cache_key: cache}, **head).logits[:, -1]
         free = [k for k, e in enumerate(ended) if e]
         if refillable and queue and len(free) >= max(n, refill_at * len(live)):
             take, queue = queue[:len(free) // n], queue[len(free) // n:]
             into = free[:len(take) * n]
-            new_ids, new_mask = _left_pad(take, pad, ids.device)
-            fresh = _cache_with_room(model.config, 0)
-            new_logits, new_mask, new_last = prefill(new_ids, new_mask, fresh)
-            width = new_mask.shape[1]
-            slot_idx = torch.tensor(into, device=ids.device)
-            for layer, src in zip(cache.layers, fresh.layers):
-                layer.admit(slot_idx, src.keys.repeat_interleave(n, 0), src.values.repeat_interleave(n, 0))
-            grow = width - mask.shape[1]
-            if grow > 0:  # the new prompts are longer than the running cache: it grew on the left (admit)
-                mask = torch.cat([mask.new_zeros((mask.shape[0], grow)), mask], dim=-1)
-            mask[slot_idx] = 0
-            mask[slot_idx, mask.shape[1] - width:] = new_mask
-            logits[slot_idx], last[slot_idx] = new_logits.to(logits.dtype), new_last
+            first = next_row // n  # the prompt index of take[0]
+            held = [j for j in range(len(take)) if first + j in past]
+            anew = [j for j in range(len(take)) if first + j not in past]
+            if anew:
+                new_ids, new_mask = _left_pad([take[j] for j in anew], pad, ids.device)
+                fresh = _cache_with_room(model.config, 0)
+                new_logits, new_mask, new_last = prefill(new_ids, new_mask, fresh, sharing([take[j] for j in anew]))
+                mask = place([into[j * n + i] for j in anew for i in range(n)], fresh, new_logits, new_mask, new_last,
+                             mask)
+            if held:  # n == 1
+                mask = place([into[j] for j in held], *resume([take[j] for j in held], [past.pop(first + j) for j in held]),
+                             mask)
             for j, k in enumerate(into):
                 live[k], left[k], ended[k] = next_row + j, budget[(next_row + j) // n], False
             next_row += len(into)
@@ -170,11 +255,18 @@ def decode_compacting(model, ids, mask, max_new_tokens: int | Sequence[int], eos
 
 SHARE_PREFIX = True  # hardware.share_prefix; benchmarks/README.md has the measurement
 SHARED_PREFIX_MIN = 8  # shorter common prefixes are prefilled with each prompt
+RESUME = True  # hardware.resume_turns: a sent prompt reuses the keys and values of the row it continues
+RESUME_MIN = 16  # when it starts with at least this many of that row's tokens
 
 
 def set_share_prefix(enabled: bool) -> None:
     global SHARE_PREFIX
     SHARE_PREFIX = bool(enabled)
+
+
+def set_resume_turns(enabled: bool) -> None:
+    global RESUME
+    RESUME = bool(enabled)
 
 
 REFILL_AT = 0.125  # continuous batching: refill once this share of the batch's rows has ended (benchmarks/README.md)
@@ -197,18 +289,22 @@ def _rows(ids, mask, skip: int = 0) -> list[list[int]]:
     return [row[m.bool()].tolist()[skip:] for row, m in zip(ids, mask)]
 
 
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many tokens ``a`` and ``b`` start with alike."""
+    k, end = 0, min(len(a), len(b))
+    while k < end and a[k] == b[k]:
+        k += 1
+    return k
+
+
 def _common_prefix(prompts: Sequence[list[int]]) -> list[int]:
     """The tokens every prompt starts with, leaving each at least its last token (whose logits start decoding)."""
     if len(prompts) < 2:
         return []
-    first = prompts[0]
     end = min(len(p) for p in prompts) - 1
     for p in prompts[1:]:
-        k = 0
-        while k < end and p[k] == first[k]:
-            k += 1
-        end = k
-    return list(first[:max(end, 0)])
+        end = min(end, _common_length(p, prompts[0]))
+    return list(prompts[0][:max(end, 0)])
 
 
 def _left_pad(prompts: Sequence[list[int]], pad: int, device):

@@ -94,10 +94,11 @@ def load_model_and_tokenizer(cfg, path: str | None = None, for_training: bool = 
     A PEFT adapter directory loads its base and the adapter (trainable when ``for_training``)."""
     from transformers import AutoModelForCausalLM
 
-    from agent_align.generation import set_compact_decoding, set_share_prefix
+    from agent_align.generation import set_compact_decoding, set_resume_turns, set_share_prefix
 
     set_compact_decoding(cfg.hardware.compact_decoding)  # how this process decodes (decode_compacting)
     set_share_prefix(cfg.hardware.share_prefix)
+    set_resume_turns(cfg.hardware.resume_turns)
     path = path or resolve_model_path(cfg)
     adapter = (Path(path) / "adapter_config.json").exists()
     attn = resolve_attn_implementation(cfg.hardware)
