@@ -110,4 +110,5 @@ def test_prompts_sent_while_decoding_decode_as_they_would_alone(monkeypatch, sha
     else:
         assert prefilled > follow_ups
     for key, p in prompts.items():
-        assert answers[key] == generation.generate_ids(model, tok, [p], max_new_tokens=24, desc=None, compact=False)[0][0]
+        alone = generation.generate_ids(model, tok, [p], max_new_tokens=24, desc=None, compact=False)
+        assert answers[key] == alone[0][0]

@@ -139,7 +139,8 @@ class Runner:
                 ep = self.start(*sample)
 
         first = []
-        for sample in itertools.islice(todo, self.batch_size):  # turn() may take more from todo: episodes that end at once
+        # turn() may take more from todo: episodes that end before the agent's first turn
+        for sample in itertools.islice(todo, self.batch_size):
             first += turn(self.start(*sample))
         proposals, sent = self.agent.stream(first), None
         while True:

@@ -157,12 +157,15 @@ def generate_stream(model, tokenizer, prompts: Sequence[tuple[Hashable, list[int
             machines.extend(call_end(stop_at_call, "", fail_fast) for _ in more)
         return [ids for _, ids in more]
 
+    first = admit(prompts)
+    if not first:
+        return
     was_training = model.training
     model.eval()
     decoder = inference_copy(model, bf16)
-    first = admit(prompts)
     ids, mask = _left_pad(first[:batch_size], pad, model.device)
-    rows = decode_stream(decoder, ids, mask, max_new_tokens, eos, pick=sampler(temperature, top_p) if do_sample else None,
+    pick = sampler(temperature, top_p) if do_sample else None
+    rows = decode_stream(decoder, ids, mask, max_new_tokens, eos, pick=pick,
                          ends_after=ends_after, waiting=first[batch_size:], pad=pad)
     sent = None
     try:

@@ -244,8 +244,8 @@ def decode_stream(model, ids, mask, max_new_tokens: int | Sequence[int], eos: in
                 mask = place([into[j * n + i] for j in anew for i in range(n)], fresh, new_logits, new_mask, new_last,
                              mask)
             if held:  # n == 1
-                mask = place([into[j] for j in held], *resume([take[j] for j in held], [past.pop(first + j) for j in held]),
-                             mask)
+                resumed = resume([take[j] for j in held], [past.pop(first + j) for j in held])
+                mask = place([into[j] for j in held], *resumed, mask)
             for j, k in enumerate(into):
                 live[k], left[k], ended[k] = next_row + j, budget[(next_row + j) // n], False
             next_row += len(into)
