@@ -106,12 +106,9 @@ class Runner:
             outcomes = {}
             asks_expert = []
             for ep in active:
-                if by_expert[id(ep)]:
+                outcomes[id(ep)], asks = self._judged(ep, by_expert[id(ep)], proposals.get(id(ep)))
+                if asks:
                     asks_expert.append(ep)
-                elif self.save_alt and proposals[id(ep)] is not None:
-                    outcomes[id(ep)] = ep.env.evaluate(proposals[id(ep)])
-                    if not makes_progress(outcomes[id(ep)]):
-                        asks_expert.append(ep)  # a branching point if the expert would do better
             experts = dict(zip(map(id, asks_expert), self.expert.act([ep.env for ep in asks_expert]))) if asks_expert else {}
             for ep in active:
                 self._advance(ep, by_expert[id(ep)], proposals.get(id(ep)), experts.get(id(ep)), outcomes.get(id(ep)))
@@ -150,13 +147,20 @@ class Runner:
                 ep, proposal = proposals.send(sent)
             except StopIteration:
                 return
-            outcome, asks_expert = None, ep.expert_turn
-            if not ep.expert_turn and self.save_alt and proposal is not None:
-                outcome = ep.env.evaluate(proposal)
-                asks_expert = not makes_progress(outcome)  # a branching point if the expert would do better
+            outcome, asks_expert = self._judged(ep, ep.expert_turn, proposal)
             expert = self.expert.act([ep.env])[0] if asks_expert else None
             self._advance(ep, ep.expert_turn, proposal, expert, outcome)
             sent = turn(ep)
+
+    def _judged(self, ep: Episode, expert_turn: bool, proposal) -> tuple[dict | None, bool]:
+        """(the agent's proposal's outcome, when alternates are saved; whether the expert is asked this step): on its
+        turn, or when the proposal made no progress (a branching point if the expert would do better)."""
+        if expert_turn:
+            return None, True
+        if self.save_alt and proposal is not None:
+            outcome = ep.env.evaluate(proposal)
+            return outcome, not makes_progress(outcome)
+        return None, False
 
     def _advance(self, ep: Episode, expert_turn: bool, proposal, expert_action, agent_outcome) -> None:
         env = ep.env
