@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from agent_align import generation
-from agent_align.generation import decoder
+from agent_align.generation import decoder, kv_cache
 from tests.test_sampling import (
     NEVER,
     _model,
@@ -114,7 +114,7 @@ def test_sampling_with_refills_keeps_generates_distribution(monkeypatch):
     prompts = [p, q] * 300
     tok = SimpleNamespace(pad_token_id=0, eos_token_id=2)
     kw = dict(max_new_tokens=4, batch_size=40, do_sample=True, num_return_sequences=4, desc=None)
-    layer = decoder._slot_layer()
+    layer = kv_cache.slot_layer()
     admitted = []
     real = layer.admit
     monkeypatch.setattr(layer, "admit", lambda self, slots, k, v: (admitted.append(len(slots)), real(self, slots, k, v))[1])
@@ -141,7 +141,7 @@ def test_a_longer_waiting_prompt_widens_the_cache(monkeypatch):
         made[row] += 1
         return made[row] == stop_after.get(row)
 
-    layer = decoder._slot_layer()
+    layer = kv_cache.slot_layer()
     moves = []
     real = layer._move
     monkeypatch.setattr(layer, "_move", lambda self, left, size: (moves.append(left), real(self, left, size))[1])

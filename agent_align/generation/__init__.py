@@ -9,8 +9,8 @@ batch and the KV cache. ``generate_stream`` takes new prompts while it decodes: 
 joins the batch as soon as its last answer ends.
 
 Modules: ``batched`` (``generate``, ``generate_ids``, ``generate_stream``: the entry points), ``decoder``
-(``decode_compacting``, ``decode_stream``),
-``sampling`` (``sampler``, ``draw``).
+(``decode_compacting``, ``decode_stream``), ``kv_cache`` (the decoder's slotted cache), ``sampling`` (``sampler``,
+``draw``).
 """
 
 from agent_align.generation.batched import (

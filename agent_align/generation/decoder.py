@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Callable, Generator, Sequence
 
+from agent_align.generation.kv_cache import cache_with_room, slotted, trim
+
 
 def decode_compacting(model, ids, mask, max_new_tokens: int | Sequence[int], eos: int, *,
                       pick: Callable | None = None, n: int = 1, ends_after: Callable[[int, int], bool] | None = None, waiting: Sequence[list[int]] = (),
@@ -83,7 +85,7 @@ def decode_stream(model, ids, mask, max_new_tokens: int | Sequence[int], eos: in
         lengths = mask.sum(-1)
         rows_by_length = torch.argsort(lengths, stable=True)
         groups = _chunks(lengths[rows_by_length].tolist(), PREFILL_TOKENS)
-        if (len(groups) == 1 and not shared) or not _slotted(cache):
+        if (len(groups) == 1 and not shared) or not slotted(cache):
             logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                            **{cache_key: cache}, **head).logits[:, -1]
         else:
@@ -110,14 +112,14 @@ def decode_stream(model, ids, mask, max_new_tokens: int | Sequence[int], eos: in
         return logits.repeat_interleave(n, 0), mask.repeat_interleave(n, 0), pos[:, -1].repeat_interleave(n, 0)
 
     def start(ids, mask, first_row, shared):
-        cache = _cache_with_room(model.config, max(budget))
+        cache = cache_with_room(model.config, max(budget))
         logits, mask, last = prefill(ids, mask, cache, shared)
         if n > 1:
             cache.batch_repeat_interleave(n)
         return cache, logits, mask, last, list(range(first_row, first_row + ids.shape[0] * n))
 
     share_prefix = SHARE_PREFIX if share_prefix is None else share_prefix
-    refillable = _slotted(_cache_with_room(model.config, 0))  # and rows can share a prefix, or resume
+    refillable = slotted(cache_with_room(model.config, 0))  # and rows can share a prefix, or resume
     prompt_of = [*_rows(ids, mask), *queue]  # prompt index -> its tokens
     shared = _common_prefix(prompt_of) if share_prefix else []
     if len(shared) < SHARED_PREFIX_MIN or not refillable:
@@ -225,7 +227,7 @@ def decode_stream(model, ids, mask, max_new_tokens: int | Sequence[int], eos: in
                 cache.batch_select_indices(keep)
                 live, left = [live[k] for k in keep_rows], [left[k] for k in keep_rows]
                 nxt, mask, last, ended = nxt[keep], mask[keep], last[keep], [False] * len(keep_rows)
-                mask = _trim(cache, mask, ended)
+                mask = trim(cache, mask, ended)
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
             last = last + 1
             logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=last[:, None], use_cache=True,
@@ -239,7 +241,7 @@ def decode_stream(model, ids, mask, max_new_tokens: int | Sequence[int], eos: in
             anew = [j for j in range(len(take)) if first + j not in past]
             if anew:
                 new_ids, new_mask = _left_pad([take[j] for j in anew], pad, ids.device)
-                fresh = _cache_with_room(model.config, 0)
+                fresh = cache_with_room(model.config, 0)
                 new_logits, new_mask, new_last = prefill(new_ids, new_mask, fresh, sharing([take[j] for j in anew]))
                 mask = place([into[j * n + i] for j in anew for i in range(n)], fresh, new_logits, new_mask, new_last,
                              mask)
@@ -249,7 +251,7 @@ def decode_stream(model, ids, mask, max_new_tokens: int | Sequence[int], eos: in
             for j, k in enumerate(into):
                 live[k], left[k], ended[k] = next_row + j, budget[(next_row + j) // n], False
             next_row += len(into)
-            mask = _trim(cache, mask, ended)
+            mask = trim(cache, mask, ended)
     return out
 
 
@@ -317,133 +319,3 @@ def _left_pad(prompts: Sequence[list[int]], pad: int, device):
         ids[row, longest - len(seq):] = torch.tensor(seq)
         mask[row, longest - len(seq):] = 1
     return ids.to(device), mask.to(device)
-
-
-def _trim(cache, mask, ended):
-    """Drop the cache's leading columns that no running row attends to (a view: nothing is copied), so attention
-    spans the live rows' tokens, not every column since the first batch began."""
-    alive = [k for k, e in enumerate(ended) if not e]
-    if not alive:
-        return mask
-    first = int(mask[alive].any(0).to(mask.dtype).argmax())
-    if first > 0 and _slotted(cache):
-        for layer in cache.layers:
-            layer.drop_columns(first)
-        mask = mask[:, first:]
-    return mask
-
-
-def _slotted(cache) -> bool:
-    """Every layer of ``cache`` is a ``SlotLayer`` (no sliding-window layers): refills and column drops work."""
-    return all(isinstance(layer, _slot_layer()) for layer in cache.layers)
-
-
-def _cache_with_room(config, room: int):
-    """A ``DynamicCache`` whose full-attention layers (``_SlotLayer``) write new tokens into room left after the
-    prompt, and take in refilled rows.
-
-    ``DynamicLayer.update`` concatenates, copying the whole cache every step: measured on SmolLM2-135M (bf16,
-    96 rows, 250 cached tokens) that was a third of a decoding step (0.36 -> 0.25 CPU-s with the room).
-    Attention reads a view of the filled part; dropping and repeating rows act on the whole buffer.
-    """
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
-    cache = DynamicCache(config=config)
-    cache.layers = [_slot_layer()(room) if type(layer) is DynamicLayer else layer for layer in cache.layers]
-    return cache
-
-
-_SLOT_LAYER = None
-
-
-def _slot_layer():
-    """The cache layer class, made on first use (transformers is imported lazily in this module)."""
-    global _SLOT_LAYER
-    if _SLOT_LAYER is not None:
-        return _SLOT_LAYER
-    from transformers.cache_utils import DynamicLayer
-
-    class SlotLayer(DynamicLayer):
-        """Keys and values in a buffer ``[rows, heads, columns, dim]``; the cache is the view ``[lo, hi)``."""
-
-        def __init__(self, room: int):
-            super().__init__()
-            self.room = room
-
-        def _start(self, keys, values, rows: int, width: int) -> bool:
-            """On an empty cache: buffers for ``rows`` x ``width`` columns plus the room, the view empty. True if
-            it was empty."""
-            if not self.is_initialized:
-                self.lazy_initialization(keys, values)
-            if self.keys.numel():
-                return False
-            h, d = keys.shape[1], keys.shape[3]
-            # zeros, not empty: columns a refill exposes are masked, and 0 * NaN would still be NaN
-            self.k_buf = keys.new_zeros(rows, h, width + self.room, d)
-            self.v_buf = values.new_zeros(rows, h, width + self.room, d)
-            self.lo = self.hi = 0
-            return True
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            self._start(key_states, value_states, key_states.shape[0], key_states.shape[-2])
-            t = key_states.shape[-2]
-            if self.hi + t > self.k_buf.shape[-2]:  # out of room: move the view to a new buffer with room again
-                self._move(0, self.hi - self.lo + t + self.room)
-            self.k_buf[:, :, self.hi:self.hi + t] = key_states
-            self.v_buf[:, :, self.hi:self.hi + t] = value_states
-            self.hi += t
-            self._view()
-            return self.keys, self.values
-
-        def _view(self) -> None:
-            self.keys, self.values = self.k_buf[:, :, self.lo:self.hi], self.v_buf[:, :, self.lo:self.hi]
-
-        def _move(self, left: int, size: int) -> None:
-            """Copy the view into a new zeroed buffer of ``size`` columns, starting at column ``left``."""
-            span = self.hi - self.lo
-            for name in ("k_buf", "v_buf"):
-                old = getattr(self, name)
-                new = old.new_zeros(old.shape[0], old.shape[1], size, old.shape[3])
-                new[:, :, left:left + span] = old[:, :, self.lo:self.hi]
-                setattr(self, name, new)
-            self.lo, self.hi = left, left + span
-
-        def admit(self, slots, keys, values) -> None:
-            """Write a refill's prefilled rows into ``slots``, ending at the last column; the view grows on the
-            left when they are longer than it (into room there, else into a new buffer)."""
-            width = keys.shape[-2]
-            if width > self.hi - self.lo:
-                if self.hi - width < 0:
-                    self._move(width - (self.hi - self.lo), width + self.room)
-                self.lo = self.hi - width
-            self.k_buf[slots, :, self.hi - width:self.hi] = keys
-            self.v_buf[slots, :, self.hi - width:self.hi] = values
-            self._view()
-
-        def place(self, rows, keys, values, batch: int, width: int) -> None:
-            """Prefill in groups: write ``rows``' keys and values (their prompts' last columns) right-aligned into
-            an empty cache of ``batch`` rows and ``width`` columns, zeros elsewhere (masked padding)."""
-            if self._start(keys, values, batch, width):
-                self.hi = width
-            self.k_buf[rows, :, width - keys.shape[-2]:width] = keys
-            self.v_buf[rows, :, width - values.shape[-2]:width] = values
-            self._view()
-
-        def drop_columns(self, count: int) -> None:
-            self.lo += count
-            self._view()
-
-        def _rebuild(self, fn) -> None:
-            if self.get_seq_length() > 0:
-                self.k_buf, self.v_buf = fn(self.k_buf), fn(self.v_buf)
-                self._view()
-
-        def batch_select_indices(self, indices) -> None:
-            self._rebuild(lambda buf: buf[indices])
-
-        def batch_repeat_interleave(self, repeats: int) -> None:
-            self._rebuild(lambda buf: buf.repeat_interleave(repeats, dim=0))
-
-    _SLOT_LAYER = SlotLayer
-    return SlotLayer
