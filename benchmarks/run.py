@@ -40,10 +40,10 @@ MFU_TARGET, PIPELINE_TARGET_S = 0.35, 600.0  # of the measured matmul peak in th
 # every comparison at about 15 minutes on 2 cores; any flag or --override given on the command line wins.
 MODEL_DEFAULTS = {
     "smollm2_135m": {"overrides": ["hardware.sft_batch_size=8", "hardware.dpo_batch_size=8"],
-                     "args": {"repeats": 1, "steps": 3, "mfu_steps": 3, "eval_prompts": 24, "episodes": 24,
-                              "ref_pairs": 32, "sample_prompts": 12}},
-    "tiny": {"overrides": [], "args": {"repeats": 3, "steps": 20, "mfu_steps": 6, "eval_prompts": 128, "episodes": 32,
-                                       "ref_pairs": 256, "sample_prompts": 64}},
+                     "args": {"repeats": 1, "steps": 3, "mfu_steps": 8, "mfu_warmup": 3, "eval_prompts": 24,
+                              "episodes": 24, "ref_pairs": 32, "sample_prompts": 12}},
+    "tiny": {"overrides": [], "args": {"repeats": 3, "steps": 20, "mfu_steps": 6, "mfu_warmup": 1, "eval_prompts": 128,
+                                       "episodes": 32, "ref_pairs": 256, "sample_prompts": 64}},
 }
 START = time.perf_counter()
 # --quick: the test suite's micro model (tests/conftest.py MICRO) and seconds-long workloads
@@ -68,7 +68,8 @@ def parse_args(argv=None):
     ap.add_argument("--only", help="comma-separated comparisons to run (default all: " + ",".join(COMPARISONS) + ")")
     ap.add_argument("--repeats", type=int, help="runs per side; order alternates (0: only --profile runs)")
     ap.add_argument("--steps", type=int, help="optimizer steps per SFT/DPO run")
-    ap.add_argument("--mfu-steps", type=int, help="SFT steps on --mfu-model (the first is not timed)")
+    ap.add_argument("--mfu-steps", type=int, help="SFT steps on --mfu-model (the first --mfu-warmup are not timed)")
+    ap.add_argument("--mfu-warmup", type=int, help="SFT steps run before the utilisation's clock starts (>= 1)")
     ap.add_argument("--eval-prompts", type=int)
     ap.add_argument("--episodes", type=int, help="agent episodes per rollout run (test tasks)")
     ap.add_argument("--ref-pairs", type=int, help="pairs in the reference log-prob comparison")
@@ -91,12 +92,15 @@ def parse_args(argv=None):
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.model_overrides = list(defaults["overrides"])
+    if not 1 <= args.mfu_warmup < args.mfu_steps:
+        ap.error(f"--mfu-warmup {args.mfu_warmup}: needs 1 <= warm-up < --mfu-steps ({args.mfu_steps})")
     args.mfu_model = args.mfu_model or ("small" if args.model == "tiny" else args.model)
     args.only = [c.strip() for c in args.only.split(",")] if args.only else list(COMPARISONS)
     if set(args.only) - set(COMPARISONS):
         ap.error(f"--only: unknown {sorted(set(args.only) - set(COMPARISONS))}; valid: {','.join(COMPARISONS)}")
     if args.quick:
         args.repeats, args.steps, args.mfu_steps, args.eval_prompts, args.episodes = 1, 2, 3, 8, 4
+        args.mfu_warmup = 1
         args.ref_pairs, args.sample_prompts = 8, 4
         args.mfu_model = args.model
         if args.run_pipeline:
@@ -111,6 +115,25 @@ def pipeline_seconds_from(summary_path: Path) -> float:
         raise SystemExit(f"error: {summary_path} has no stage 'timings'; pass the summary.json of a finished "
                          "`python -m agent_align` run")
     return float(sum(v for k, v in timings.items() if k != "total"))
+
+
+def pipeline_sft_utilisation(summary_path: Path, mfu: dict) -> dict | None:
+    """The pipeline run's whole SFT training loop (TRL's ``train_runtime``: warm-up, logging and checkpoints
+    included) against the peak measured here: 6 x parameters FLOPs per trained token (TRL's ``num_tokens``; attention
+    left out, so a lower bound). None when the run kept no SFT metrics."""
+    from agent_align.jsonl import read_jsonl
+
+    path = summary_path.parent / "metrics" / "sft.jsonl"
+    if not path.exists():
+        return None
+    rows = read_jsonl(str(path))
+    tokens = max((r.get("num_tokens") or 0 for r in rows), default=0)
+    seconds = next((r["train_runtime"] for r in reversed(rows) if "train_runtime" in r), None)
+    if not tokens or not seconds:
+        return None
+    flops = 6.0 * mfu["parameters"] * tokens / seconds
+    return {"metrics": str(path), "tokens": tokens, "seconds": seconds, "flops_per_s": flops,
+            "of_peak": flops / mfu["matmul_peak_flops"][mfu["precision"]]}
 
 
 def run_pipeline(work: Path) -> dict:
@@ -286,6 +309,8 @@ def _main(args, work: Path) -> dict:
     raw = measure(args, plan, pool, prep, eval_model)
     if "mfu" in args.only:
         raw["mfu"] = run_mfu(args, plan, pool, prep, work, same_model)
+        if pipeline and args.mfu_model == args.model:
+            raw["mfu"]["pipeline_sft"] = pipeline_sft_utilisation(Path(pipeline["summary"]), raw["mfu"])
         mach.update(training_precision=raw["mfu"]["precision"], torch_threads=raw["mfu"]["threads"],
                     matmul_peak_flops=raw["mfu"]["matmul_peak_flops"])
     mach["load_average_end"] = list(os.getloadavg())
@@ -298,6 +323,7 @@ def _main(args, work: Path) -> dict:
     raw["pipeline"] = pipeline
     raw["settings"] = {"quick": args.quick, "model": args.model, "mfu_model": args.mfu_model, "only": args.only,
                        "repeats": args.repeats, "steps": args.steps, "mfu_steps": args.mfu_steps,
+                       "mfu_warmup": args.mfu_warmup,
                        "eval_prompts": args.eval_prompts, "episodes": args.episodes, "ref_pairs": args.ref_pairs,
                        "sample_prompts": args.sample_prompts, "eval_model": eval_model,
                        "baseline_fp32": args.baseline_fp32, "eval_model_trained": eval_model != prep["cmp"]["model_dir"],
@@ -326,7 +352,7 @@ def run_mfu(args, plan: Plan, pool: Sides, prep: dict, work: Path, same_model: b
     say(f"utilisation: matmul peak, then {args.mfu_steps} SFT steps on model={args.mfu_model}")
     mfu_spec = {"cfg": plan.mfu, "rows": mfu_rows["mfu_rows"], "model_dir": mfu_rows["model_dir"],
                 "run_dir": str(work / "runs" / "mfu"), "matmul_n": 512 if args.quick else 2048,
-                "matmul_repeats": 3 if args.quick else 10}
+                "matmul_repeats": 3 if args.quick else 10, "warmup": args.mfu_warmup}
     out = pool.run(sides.mfu, mfu_spec)
     shutil.rmtree(mfu_spec["run_dir"], ignore_errors=True)
     out["model"] = args.mfu_model
@@ -375,6 +401,10 @@ def table(result: dict) -> str:
         rows.append((f"MFU {mf['model']} ({mf['precision']})", f"{mf['achieved_flops'] / 1e9:,.1f} GFLOP/s",
                      f"{mf['matmul_peak_flops'][mf['precision']] / 1e9:,.1f} peak", f"{result['mfu']:.1%}",
                      f">= {MFU_TARGET:.0%}", "yes" if raw["targets"]["mfu"] else "NO"))
+        if mf.get("pipeline_sft"):  # the default run's own SFT stage, attention not counted
+            ps = mf["pipeline_sft"]
+            rows.append((f"  the pipeline's SFT ({ps['tokens']:,.0f} tokens)",
+                         f"{ps['flops_per_s'] / 1e9:,.1f} GFLOP/s", "", f"{ps['of_peak']:.1%}", "", ""))
         if "model_gemms" in mf:  # what the GEMMs alone reach at this model's shapes (benchmarks/README.md)
             rows.append(("  of the model's own GEMM shapes", "", f"{mf['model_gemms']['flops_per_s'] / 1e9:,.1f} GEMMs",
                          f"{mf['of_model_gemm_flops']:.1%}", "", ""))

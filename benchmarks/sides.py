@@ -433,9 +433,13 @@ def mfu(spec: dict) -> dict:
     batch_lengths: list[list[int]] = []
     collate = trainer.data_collator
 
-    def counting_collator(features):  # the lengths of what each step really trains on
+    padded: list[int] = []
+
+    def counting_collator(features):  # the lengths of what each step really trains on, and its padded positions
         batch_lengths.append([len(f["input_ids"]) for f in features])
-        return collate(features)
+        out = collate(features)
+        padded.append(out["input_ids"].numel())
+        return out
 
     step_ends: list[float] = []
 
@@ -450,13 +454,22 @@ def mfu(spec: dict) -> dict:
     c = model.config
     n_params = sum(p.numel() for p in model.parameters())
     accum = cfg.hardware.sft_grad_accum
-    timed = [n for b in batch_lengths[accum:accum * len(step_ends)] for n in b]  # the first step is warm-up
-    seconds = step_ends[-1] - step_ends[0]
+    # the first ``warmup`` steps are not timed: a fresh process's first steps run slower at the same shapes (SmolLM2
+    # on the AMD machine: 19, 18, 13, then 13 s a step at 8 x 512 tokens), so two timed steps read ~30% low
+    warm = max(1, min(spec.get("warmup", 1), len(step_ends) - 1))
+    steps = [batch_lengths[accum * i:accum * (i + 1)] for i in range(len(step_ends))]  # each step's micro-batches
+    per_step = [{"tokens": sum(map(sum, b)), "positions": sum(padded[accum * i:accum * (i + 1)]),
+                 "seconds": step_ends[i] - step_ends[i - 1] if i else None,
+                 "flops": training_flops(n_params, c.num_hidden_layers, c.hidden_size, [n for m in b for n in m])}
+                for i, b in enumerate(steps)]
+    timed = [n for b in batch_lengths[accum * warm:accum * len(step_ends)] for n in b]
+    seconds = step_ends[-1] - step_ends[warm - 1]
     flops = training_flops(n_params, c.num_hidden_layers, c.hidden_size, timed)
-    micro = [sum(b) for b in batch_lengths[accum:accum * len(step_ends)]]  # real tokens per micro-batch
+    micro = [sum(b) for b in batch_lengths[accum * warm:accum * len(step_ends)]]  # real tokens per micro-batch
     gemms = model_gemm_flops(c, round(sum(micro) / len(micro)), dtype, spec["matmul_repeats"] // 3 or 1)
     return {"precision": dtype, "matmul_peak_flops": peaks, "parameters": n_params, "layers": c.num_hidden_layers,
-            "hidden": c.hidden_size, "timed_steps": len(step_ends) - 1, "timed_tokens": sum(timed), "seconds": seconds,
+            "hidden": c.hidden_size, "warmup_steps": warm, "timed_steps": len(step_ends) - warm,
+            "timed_tokens": sum(timed), "seconds": seconds, "per_step": per_step,
             "achieved_flops": flops / seconds, "mfu": flops / seconds / peaks[dtype], "peak_rss_mb": meter.peak_mb,
             "threads": __import__("torch").get_num_threads(), "model_gemms": gemms,
             "of_model_gemm_flops": flops / seconds / gemms["flops_per_s"]}

@@ -72,6 +72,13 @@ def test_quick_run_writes_every_key_with_finite_positive_numbers(quick):
     assert gemms["tokens"] > 0 and gemms["flops_per_s"] > 0 and "own GEMM shapes" in stdout
     assert result["raw"]["mfu"]["of_model_gemm_flops"] == pytest.approx(
         result["raw"]["mfu"]["achieved_flops"] / gemms["flops_per_s"])
+    mfu = result["raw"]["mfu"]  # --quick: 3 steps, the first one warm-up; each step's tokens and padded positions
+    steps = mfu["per_step"]
+    assert len(steps) == 3 and mfu["warmup_steps"] == 1 and mfu["timed_steps"] == 2
+    assert steps[0]["seconds"] is None and all(s["seconds"] > 0 for s in steps[1:])
+    assert all(0 < s["tokens"] <= s["positions"] for s in steps)
+    assert mfu["timed_tokens"] == sum(s["tokens"] for s in steps[1:])
+    assert mfu["seconds"] == pytest.approx(sum(s["seconds"] for s in steps[1:]))
 
 
 def test_model_gemm_shapes_are_every_projection_forward_and_backward():
@@ -101,6 +108,36 @@ def test_pipeline_seconds_is_the_sum_of_a_summarys_stage_timings(tmp_path):
     summary = tmp_path / "summary.json"
     summary.write_text(json.dumps({"timings": {"generate": 4.0, "sft": 300.5, "dpo": 200.0, "total": 504.5}}))
     assert bench.pipeline_seconds_from(summary) == 504.5
+
+
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmarks_run", REPO / "benchmarks" / "run.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_pipelines_sft_utilisation_is_6n_per_trained_token_over_the_training_loop(tmp_path):
+    bench = _bench_module()
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "sft.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"loss": 0.5, "num_tokens": 1000.0, "step": 5}, {"loss": 0.1, "num_tokens": 2000.0, "step": 10},
+        {"train_runtime": 10.0, "train_loss": 0.3, "step": 10}]) + "\n")
+    mfu = {"parameters": 100, "precision": "bf16", "matmul_peak_flops": {"fp32": 1e5, "bf16": 2e5}}
+    out = bench.pipeline_sft_utilisation(tmp_path / "summary.json", mfu)
+    assert out["tokens"] == 2000 and out["seconds"] == 10.0
+    assert out["flops_per_s"] == pytest.approx(6 * 100 * 2000 / 10.0) and out["of_peak"] == pytest.approx(0.6)
+    assert bench.pipeline_sft_utilisation(tmp_path / "elsewhere" / "summary.json", mfu) is None  # no metrics kept
+
+
+@pytest.mark.parametrize("flags", [["--mfu-steps", "3", "--mfu-warmup", "3"], ["--mfu-warmup", "0"]])
+def test_a_warm_up_that_leaves_no_timed_step_is_refused(flags, capsys):
+    bench = _bench_module()
+    with pytest.raises(SystemExit) as exc:
+        bench.parse_args(["--model", "smollm2_135m", *flags])
+    assert exc.value.code == 2 and "--mfu-warmup" in capsys.readouterr().err
 
 
 def test_profile_of_the_utilisation_run_goes_into_a_new_directory(tmp_path):
