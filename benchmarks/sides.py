@@ -10,13 +10,14 @@ includes the reference log-prob pass) and the training steps.
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
-from common import PeakRSS, matmul_peak, model_gemm_flops, set_threads, training_flops
+from common import PeakRSS, set_threads
 
 
-def _rows(path: str) -> list[dict]:
+def read_rows(path: str) -> list[dict]:
     from agent_align.jsonl import read_jsonl
 
     return read_jsonl(path)
@@ -76,7 +77,7 @@ def _check_one_epoch(trainer, n_rows: int, spec: dict) -> None:
                            f"of {per_step} rows (did the trainer drop rows?)")
 
 
-def _ours_setup(spec: dict):
+def ours_setup(spec: dict):
     from agent_align.hardware import resolve_precision
     from agent_align.stages.context import RunContext
     from agent_align.stages.sft import policy
@@ -144,9 +145,9 @@ def sft_ours(spec: dict) -> dict:
     from agent_align.stages.sft import build_trainer, sft_examples
     from agent_align.train.common import resume_point, wrap_peft
 
-    cfg, ctx, model, tok, enc = _ours_setup(spec)
+    cfg, ctx, model, tok, enc = ours_setup(spec)
     model = wrap_peft(cfg, model)
-    rows = _rows(spec["rows"])
+    rows = read_rows(spec["rows"])
     with PeakRSS() as meter:
         examples = sft_examples(cfg, rows, enc)
         trainer, out = build_trainer(cfg, ctx, model, tok, examples)
@@ -163,7 +164,7 @@ def sft_baseline(spec: dict) -> dict:
     set_threads(spec["threads"])
     model, tok = _plain_model(spec["model_dir"])
     _same_template(spec, tok)
-    rows = _rows(spec["rows"])
+    rows = read_rows(spec["rows"])
     records = [{"prompt": _chat_messages(r, spec["system"]), "completion": [{"role": "assistant", "content": r["chosen"]}],
                 "tools": json.dumps(r.get("tools") or [])} for r in rows]
     with PeakRSS() as meter:
@@ -183,9 +184,9 @@ def dpo_ours(spec: dict) -> dict:
     from agent_align.stages.dpo import to_dataset, train_round
     from agent_align.train.common import wrap_peft
 
-    cfg, ctx, model, tok, enc = _ours_setup(spec)
+    cfg, ctx, model, tok, enc = ours_setup(spec)
     model = wrap_peft(cfg, model, new_adapter=cfg.peft.new_adapter_for_dpo)
-    pairs = [dict(r, source="synthetic") for r in _rows(spec["rows"])]
+    pairs = [dict(r, source="synthetic") for r in read_rows(spec["rows"])]
     with PeakRSS() as meter:
         trainer = train_round(cfg, ctx, model, tok, to_dataset(cfg, ctx, enc, pairs, 0), 0)
     _check_one_epoch(trainer, len(trainer.train_dataset), spec)
@@ -197,7 +198,7 @@ def _plain_dpo_inputs(spec: dict) -> tuple:
     conversational prompt and completions and the tools as JSON."""
     set_threads(spec["threads"])
     model, tok = _plain_model(spec["model_dir"])
-    rows = _rows(spec["rows"])
+    rows = read_rows(spec["rows"])
     records = [{"prompt": _chat_messages(r, spec["system"]), "chosen": [{"role": "assistant", "content": r["chosen"]}],
                 "rejected": [{"role": "assistant", "content": r["rejected"]}], "tools": json.dumps(r.get("tools") or [])}
                for r in rows]
@@ -243,8 +244,8 @@ def ref_ours(spec: dict) -> dict:
     from agent_align.stages.dpo import to_dataset, train_round
 
     _no_training()
-    cfg, ctx, model, tok, enc = _ours_setup(spec)
-    pairs = [dict(r, source="synthetic") for r in _rows(spec["rows"])]
+    cfg, ctx, model, tok, enc = ours_setup(spec)
+    pairs = [dict(r, source="synthetic") for r in read_rows(spec["rows"])]
     with PeakRSS() as meter:
         trainer = train_round(cfg, ctx, model, tok, to_dataset(cfg, ctx, enc, pairs, 0), 0)
     return {**meter.as_dict(), "pairs": len(trainer.train_dataset), **_ref_values(trainer.train_dataset),
@@ -273,8 +274,8 @@ def sampling_ours(spec: dict) -> dict:
     """train.on_policy.sample_negatives: the DPO stage's sampling, validation and pairing of every prompt."""
     from agent_align.train.on_policy import sample_negatives
 
-    cfg, _, model, tok, enc = _ours_setup({**spec, "for_training": False})
-    rows = _rows(spec["rows"])
+    cfg, _, model, tok, enc = ours_setup({**spec, "for_training": False})
+    rows = read_rows(spec["rows"])
     with PeakRSS() as meter:
         _, stats = sample_negatives(cfg, model, tok, enc, rows, 0)
     return {**meter.as_dict(), "samples": stats["samples"], "pass_rate": stats["sample_pass_rate"]}
@@ -293,7 +294,7 @@ def sampling_baseline(spec: dict) -> dict:
     model, tok = _plain_model(spec["model_dir"])
     model.eval()
     tok.padding_side = "left"
-    rows, k = _rows(spec["rows"]), cfg.dpo.samples_per_prompt
+    rows, k = read_rows(spec["rows"]), cfg.dpo.samples_per_prompt
     batch = max(1, (cfg.evaluate.batch_size or cfg.hardware.eval_batch_size) // k)
     checker, n_samples, n_pass = SchemaChecker(), 0, 0
     torch.manual_seed(cfg.seed)
@@ -319,8 +320,8 @@ def sampling_baseline(spec: dict) -> dict:
 def eval_ours(spec: dict) -> dict:
     from agent_align.stages.evaluate import predict
 
-    cfg, _, model, tok, enc = _ours_setup({**spec, "for_training": False})
-    rows = _rows(spec["rows"])
+    cfg, _, model, tok, enc = ours_setup({**spec, "for_training": False})
+    rows = read_rows(spec["rows"])
     with PeakRSS() as meter:
         outputs = predict(cfg, model, tok, enc, rows, "benchmark eval")
     return {**meter.as_dict(), "calls": len(outputs), "outputs": outputs, "verdicts": _verdicts(rows, outputs, cfg)}
@@ -338,7 +339,7 @@ def eval_baseline(spec: dict) -> dict:
     set_threads(spec["threads"])
     model, tok = _plain_model(spec["model_dir"])
     model.eval()
-    rows, outputs, new_tokens = _rows(spec["rows"]), [], 0
+    rows, outputs, new_tokens = read_rows(spec["rows"]), [], 0
     with PeakRSS() as meter:
         for row in rows:
             inputs = tok.apply_chat_template(_chat_messages(row, spec["system"]), tools=row.get("tools") or None,
@@ -412,69 +413,6 @@ def rollouts_baseline(spec: dict) -> dict:
     return _rollout_stats(records, meter)
 
 
-# --- hardware utilisation -----------------------------------------------------------------------------------------
-def mfu(spec: dict) -> dict:
-    """Matmul peak in the training dtype, then our SFT path on real steps, FLOPs counted per batch."""
-    import time
-
-    from transformers import TrainerCallback
-
-    from agent_align.hardware import cpu_flags, resolve_precision
-    from agent_align.stages.sft import build_trainer, sft_examples
-    from agent_align.train.common import resume_point
-
-    cfg, ctx, model, tok, enc = _ours_setup(spec)
-    dtype = resolve_precision(cfg.hardware)
-    native_bf16 = bool({"amx_bf16", "avx512_bf16"} & cpu_flags())  # without them bf16 is emulated: no peak to speak of
-    dtypes = ["fp32", "bf16"] if native_bf16 or dtype == "bf16" else ["fp32"]
-    peaks = {d: matmul_peak(d, spec["matmul_n"], spec["matmul_repeats"]) for d in dtypes}
-    examples = sft_examples(cfg, _rows(spec["rows"]), enc)
-    trainer, out = build_trainer(cfg, ctx, model, tok, examples)
-    batch_lengths: list[list[int]] = []
-    collate = trainer.data_collator
-
-    padded: list[int] = []
-
-    def counting_collator(features):  # the lengths of what each step really trains on, and its padded positions
-        batch_lengths.append([len(f["input_ids"]) for f in features])
-        out = collate(features)
-        padded.append(out["input_ids"].numel())
-        return out
-
-    step_ends: list[float] = []
-
-    class StepClock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            step_ends.append(time.perf_counter())
-
-    trainer.data_collator = counting_collator
-    trainer.add_callback(StepClock())
-    with PeakRSS() as meter:
-        trainer.train(resume_from_checkpoint=resume_point(cfg, out))
-    c = model.config
-    n_params = sum(p.numel() for p in model.parameters())
-    accum = cfg.hardware.sft_grad_accum
-    # the first ``warmup`` steps are not timed: a fresh process's first steps run slower at the same shapes (SmolLM2
-    # on the AMD machine: 19, 18, 13, then 13 s a step at 8 x 512 tokens), so two timed steps read ~30% low
-    warm = max(1, min(spec.get("warmup", 1), len(step_ends) - 1))
-    steps = [batch_lengths[accum * i:accum * (i + 1)] for i in range(len(step_ends))]  # each step's micro-batches
-    per_step = [{"tokens": sum(map(sum, b)), "positions": sum(padded[accum * i:accum * (i + 1)]),
-                 "seconds": step_ends[i] - step_ends[i - 1] if i else None,
-                 "flops": training_flops(n_params, c.num_hidden_layers, c.hidden_size, [n for m in b for n in m])}
-                for i, b in enumerate(steps)]
-    timed = [n for b in batch_lengths[accum * warm:accum * len(step_ends)] for n in b]
-    seconds = step_ends[-1] - step_ends[warm - 1]
-    flops = training_flops(n_params, c.num_hidden_layers, c.hidden_size, timed)
-    micro = [sum(b) for b in batch_lengths[accum * warm:accum * len(step_ends)]]  # real tokens per micro-batch
-    gemms = model_gemm_flops(c, round(sum(micro) / len(micro)), dtype, spec["matmul_repeats"] // 3 or 1)
-    return {"precision": dtype, "matmul_peak_flops": peaks, "parameters": n_params, "layers": c.num_hidden_layers,
-            "hidden": c.hidden_size, "warmup_steps": warm, "timed_steps": len(step_ends) - warm,
-            "timed_tokens": sum(timed), "seconds": seconds, "per_step": per_step,
-            "achieved_flops": flops / seconds, "mfu": flops / seconds / peaks[dtype], "peak_rss_mb": meter.peak_mb,
-            "threads": __import__("torch").get_num_threads(), "model_gemms": gemms,
-            "of_model_gemm_flops": flops / seconds / gemms["flops_per_s"]}
-
-
 # --- profiles -----------------------------------------------------------------------------------------------------
 def profiled(spec: dict) -> dict:
     """One more run of a side with its timed block under torch.profiler and cProfile, written as text tables
@@ -482,5 +420,7 @@ def profiled(spec: dict) -> dict:
     import common
 
     common.PROFILE_TO = spec["profile_path"]
-    globals()[spec["side_fn"]](spec)
+    fn = spec["side_fn"]  # a side here, or "module.function" (utilisation.mfu)
+    module, _, name = fn.rpartition(".")
+    (importlib.import_module(module).__dict__ if module else globals())[name](spec)
     return {"profile": spec["profile_path"]}
