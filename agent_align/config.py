@@ -136,7 +136,7 @@ class HardwareConfig:
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2
     liger_kernels: bool = False
     gradient_checkpointing: bool = False  # trades ~30% speed for activation memory
-    # DPO only; null = gradient_checkpointing. cpu.yaml: true (SmolLM2 DPO peak growth 6.8 -> 3.9 GB, 2-5% slower; README)
+    # DPO only; null = gradient_checkpointing. cpu.yaml: true (SmolLM2 DPO peak 9.7 -> 5.0 GB, steps 31% slower; README)
     dpo_gradient_checkpointing: Optional[bool] = None
     compact_decoding: bool = True  # greedy decoding drops finished rows from the batch and KV cache (generation/decoder.py)
     # decoding runs the prefix every prompt shares (the system prompt) once, not once a prompt (generation/decoder.py)
