@@ -36,9 +36,9 @@ from report import COMPARISONS, TARGETS, met, table  # noqa: E402
 MODEL_DEFAULTS = {
     "smollm2_135m": {"overrides": ["hardware.sft_batch_size=8", "hardware.dpo_batch_size=8"],
                      "args": {"repeats": 1, "steps": 3, "mfu_steps": 8, "mfu_warmup": 3, "eval_prompts": 24,
-                              "episodes": 24, "ref_pairs": 32, "sample_prompts": 12}},
+                              "episodes": 24, "ref_pairs": 32, "ref_repeats": 3, "sample_prompts": 12}},
     "tiny": {"overrides": [], "args": {"repeats": 3, "steps": 20, "mfu_steps": 6, "mfu_warmup": 1, "eval_prompts": 128,
-                                       "episodes": 32, "ref_pairs": 256, "sample_prompts": 64}},
+                                       "episodes": 32, "ref_pairs": 256, "ref_repeats": 3, "sample_prompts": 64}},
 }
 START = time.perf_counter()
 # --quick: the test suite's micro model (tests/conftest.py MICRO) and seconds-long workloads
@@ -68,6 +68,8 @@ def parse_args(argv=None):
     ap.add_argument("--eval-prompts", type=int)
     ap.add_argument("--episodes", type=int, help="agent episodes per rollout run (test tasks)")
     ap.add_argument("--ref-pairs", type=int, help="pairs in the reference log-prob comparison")
+    ap.add_argument("--ref-repeats", type=int, help="runs per side of the reference comparison (plain TRL's pass swings "
+                    "0.42-0.56 pairs/s between runs, so one run a side decides little; 0 with --repeats 0)")
     ap.add_argument("--sample-prompts", type=int, help="prompts in the on-policy sampling comparison "
                                                        "(dpo.samples_per_prompt samples each)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads on both sides (0: hardware.torch_threads' default)")
@@ -87,6 +89,9 @@ def parse_args(argv=None):
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.model_overrides = list(defaults["overrides"])
+    for flag in ("repeats", "ref_repeats"):
+        if getattr(args, flag) < 0:
+            ap.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: runs per side cannot be negative")
     if not 1 <= args.mfu_warmup < args.mfu_steps:
         ap.error(f"--mfu-warmup {args.mfu_warmup}: needs 1 <= warm-up < --mfu-steps ({args.mfu_steps})")
     args.mfu_model = args.mfu_model or ("small" if args.model == "tiny" else args.model)
@@ -96,7 +101,7 @@ def parse_args(argv=None):
     if args.quick:
         args.repeats, args.steps, args.mfu_steps, args.eval_prompts, args.episodes = 1, 2, 3, 8, 4
         args.mfu_warmup = 1
-        args.ref_pairs, args.sample_prompts = 8, 4
+        args.ref_pairs, args.sample_prompts, args.ref_repeats = 8, 4, 1
         args.mfu_model = args.model
         if args.run_pipeline:
             ap.error("--quick never runs the pipeline; pass --pipeline-summary instead")
@@ -217,6 +222,11 @@ def summarise(unit: str, runs: dict) -> dict:
     return out
 
 
+def repeats_of(args, comparison: str) -> int:
+    """Runs per side: ``--repeats``, or ``--ref-repeats`` for the reference pass (none when --repeats is 0)."""
+    return args.ref_repeats if comparison == "ref" and args.repeats and args.ref_repeats else args.repeats
+
+
 def measure(args, plan: Plan, pool: Sides, prep: dict, eval_model: str) -> dict:
     raw: dict = {}
     for comparison, (ours_fn, base_fn, spec) in plan.specs(prep, eval_model).items():
@@ -224,12 +234,13 @@ def measure(args, plan: Plan, pool: Sides, prep: dict, eval_model: str) -> dict:
             continue
         unit = next(u for c, u, _, _ in TARGETS.values() if c == comparison)
         runs: dict = {"ours": [], "baseline": []}
-        for r in range(args.repeats):
+        repeats = repeats_of(args, comparison)
+        for r in range(repeats):
             order = ("ours", "baseline") if r % 2 == 0 else ("baseline", "ours")
             for side in order:
                 run_dir = plan.work / "runs" / f"{comparison}-{side}-r{r}"
                 fn = ours_fn if side == "ours" else base_fn
-                say(f"{comparison}: repeat {r + 1}/{args.repeats}, {side}")
+                say(f"{comparison}: repeat {r + 1}/{repeats}, {side}")
                 res = pool.run(fn, {**spec, "run_dir": str(run_dir)})
                 res["order"] = len(runs["ours"]) + len(runs["baseline"])
                 runs[side].append(res)
@@ -243,7 +254,7 @@ def measure(args, plan: Plan, pool: Sides, prep: dict, eval_model: str) -> dict:
                                           "profile_path": str(path)})
                 raw.setdefault("profile", {})[f"{comparison}-{side}"] = json.loads(Path(f"{path}.json").read_text())
                 shutil.rmtree(plan.work / "runs" / "profile", ignore_errors=True)
-        if not args.repeats:
+        if not repeats:
             continue
         checks = agreement(comparison, runs["ours"][0], runs["baseline"][0])
         raw[comparison] = {**summarise(unit, runs), **checks}
@@ -301,6 +312,7 @@ def _main(args, work: Path) -> dict:
                        "repeats": args.repeats, "steps": args.steps, "mfu_steps": args.mfu_steps,
                        "mfu_warmup": args.mfu_warmup,
                        "eval_prompts": args.eval_prompts, "episodes": args.episodes, "ref_pairs": args.ref_pairs,
+                       "ref_repeats": repeats_of(args, "ref"),
                        "sample_prompts": args.sample_prompts, "eval_model": eval_model,
                        "baseline_fp32": args.baseline_fp32, "eval_model_trained": eval_model != prep["cmp"]["model_dir"],
                        "overrides": plan.base + args.override, "sft_batch_size": plan.sft.hardware.sft_batch_size,

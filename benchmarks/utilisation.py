@@ -28,9 +28,8 @@ def mfu(spec: dict) -> dict:
     examples = sft_examples(cfg, read_rows(spec["rows"]), enc)
     trainer, out = build_trainer(cfg, ctx, model, tok, examples)
     batch_lengths: list[list[int]] = []
-    collate = trainer.data_collator
-
     padded: list[int] = []
+    collate = trainer.data_collator
 
     def counting_collator(features):  # the lengths of what each step really trains on, and its padded positions
         batch_lengths.append([len(f["input_ids"]) for f in features])
@@ -51,8 +50,9 @@ def mfu(spec: dict) -> dict:
     c = model.config
     n_params = sum(p.numel() for p in model.parameters())
     accum = cfg.hardware.sft_grad_accum
-    # the first ``warmup`` steps are not timed: a fresh process's first steps run slower at the same shapes (SmolLM2
-    # on the AMD machine: 19, 18, 13, then 13 s a step at 8 x 512 tokens), so two timed steps read ~30% low
+    # the first ``warmup`` steps are not timed: a fresh process's first steps run slower at the same shapes (a bare
+    # SmolLM2 step at 8 x 512 tokens on the AMD machine: 19, 18, 13, then ~13 s), and a step's cost follows its padded
+    # length (151-223 GFLOP/s between steps of one run), so the figure wants several steps past the warm-up
     warm = max(1, min(spec.get("warmup", 1), len(step_ends) - 1))
     steps = [batch_lengths[accum * i:accum * (i + 1)] for i in range(len(step_ends))]  # each step's micro-batches
     per_step = [{"tokens": sum(map(sum, b)), "positions": sum(padded[accum * i:accum * (i + 1)]),

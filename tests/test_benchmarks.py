@@ -136,12 +136,22 @@ def test_the_pipelines_sft_utilisation_is_6n_per_trained_token_over_the_training
     assert utilisation.pipeline_sft_utilisation(tmp_path / "elsewhere" / "summary.json", mfu) is None  # no metrics kept
 
 
-@pytest.mark.parametrize("flags", [["--mfu-steps", "3", "--mfu-warmup", "3"], ["--mfu-warmup", "0"]])
-def test_a_warm_up_that_leaves_no_timed_step_is_refused(flags, capsys):
+@pytest.mark.parametrize("flags,named", [(["--mfu-steps", "3", "--mfu-warmup", "3"], "--mfu-warmup"),
+                                         (["--mfu-warmup", "0"], "--mfu-warmup"), (["--ref-repeats", "-1"], "--ref-repeats")])
+def test_flags_that_leave_nothing_to_time_are_refused(flags, named, capsys):
     bench = _bench_module()
     with pytest.raises(SystemExit) as exc:
         bench.parse_args(["--model", "smollm2_135m", *flags])
-    assert exc.value.code == 2 and "--mfu-warmup" in capsys.readouterr().err
+    assert exc.value.code == 2 and named in capsys.readouterr().err
+
+
+def test_the_reference_pass_runs_its_own_repeats_unless_only_profiles_run():
+    bench = _bench_module()
+    args = bench.parse_args(["--model", "smollm2_135m"])
+    assert (args.repeats, args.ref_repeats) == (1, 3)
+    assert bench.repeats_of(args, "ref") == 3 and bench.repeats_of(args, "sft") == 1
+    assert bench.repeats_of(bench.parse_args(["--model", "smollm2_135m", "--repeats", "0"]), "ref") == 0
+    assert bench.repeats_of(bench.parse_args(["--quick"]), "ref") == 1
 
 
 def test_profile_of_the_utilisation_run_goes_into_a_new_directory(tmp_path):
