@@ -195,6 +195,8 @@ class SFTStageConfig:
     save_steps: int = 100  # checkpoint every N optimizer steps (resume point)
     logging_steps: int = 10
     packing: bool = False
+    # batches of rows of similar length in random order (train/batching.py); false = the Trainer's random sampler.
+    # transformers' own grouping went longest first: baseline SSPR 57.8% -> 67.3% on random order (README)
     group_by_length: bool = True
     init_from: Optional[str] = None  # start from this checkpoint instead of model.*
     skip: bool = False  # no SFT: DPO starts from the base model (seed 000's recipe)

@@ -174,3 +174,26 @@ def test_sft_trains_with_the_fast_path(tiny, tmp_path):
     trainer.train()
     assert any("loss" in h for h in trainer.state.log_history)
     assert all(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_sft_batches_group_lengths_in_random_order(tiny, tmp_path, grouped):
+    """``sft.group_by_length`` batches rows of similar length in random order; transformers' own sampler walked the
+    default run's rows longest first. Off, the Trainer's random sampler. Every row comes once an epoch either way."""
+    from agent_align.stages.context import RunContext
+    from agent_align.stages.sft import build_trainer
+    from agent_align.train.batching import LengthBucketSampler
+
+    model, tok = tiny
+    rows = examples(model.config.vocab_size, n=256, seed=1)
+    cfg = compose(MICRO + ["hardware.sft_batch_size=4", f"sft.group_by_length={str(grouped).lower()}"])
+    trainer, _ = build_trainer(cfg, RunContext(run_dir=tmp_path), copy.deepcopy(model), tok, rows)
+    assert isinstance(trainer._get_train_sampler(), LengthBucketSampler) == grouped
+    widths, firsts = [], []
+    for batch in trainer.get_train_dataloader():
+        widths.append(int(batch["attention_mask"].sum(1).max()))  # the batch's longest row
+        firsts += batch["input_ids"][:, 0].tolist()
+    assert sorted(firsts) == sorted(r["input_ids"][0] for r in rows)
+    padded, held = 4 * sum(widths), sum(len(r["input_ids"]) for r in rows)  # rows padded to their batch's longest
+    assert (padded < 1.1 * held) == grouped  # random batches of 4 run ~1.3x the tokens they hold
+    assert widths != sorted(widths, reverse=True) and widths != sorted(widths)  # not a length curriculum

@@ -8,6 +8,7 @@ import json
 from collections import Counter
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from agent_align.jsonl import read_jsonl, write_jsonl
@@ -199,3 +200,20 @@ def test_dpo_dataset_cache_is_reused_only_for_the_same_pairs(tmp_path):
     assert other["prompt_ids"] == changed["prompt_ids"]
     assert (ctx.path("cache", "dpo_dataset_r0") / "pairs.sha256").stat().st_mtime_ns == mtime
     assert [p.name for p in ctx.path("cache").iterdir()] == ["dpo_dataset_r0"]
+
+
+@pytest.mark.parametrize("max_pairs, on_policy, expected", [(8, 10, (4, 4)), (0, 10, (10, 10)), (8, 3, (3, 3))])
+def test_mixed_negatives_split_the_pair_cap_between_the_sources(monkeypatch, tmp_path, max_pairs, on_policy, expected):
+    """``data.negatives_source=mixed``: as many synthetic pairs as on-policy ones, within ``dpo.max_pairs`` (the cap
+    used to cut the list after the on-policy pairs, so a run with more on-policy pairs than the cap trained on no
+    synthetic pair at all)."""
+    import agent_align.train.on_policy as op
+    from agent_align.stages.dpo import build_pairs
+
+    cfg = compose([f"run_dir={tmp_path}", "data.negatives_source=mixed", f"dpo.max_pairs={max_pairs}"])
+    rows = [calc_row("add", f"add {i} and 3", f"{i}+3", str(i + 3)) for i in range(20)]
+    monkeypatch.setattr(op, "sample_negatives", lambda cfg_, m, t, e, rows_, r: (
+        [dict(x, source="on_policy") for x in rows_[:on_policy]], {}))
+    pairs, stats = build_pairs(cfg, RunContext(tmp_path), None, None, None, rows, 0)
+    sources = Counter(p["source"] for p in pairs)
+    assert (sources["on_policy"], sources["synthetic"]) == expected and stats["pairs_total"] == sum(expected)

@@ -95,6 +95,8 @@ def build_pairs(cfg, ctx, model, tok, enc, rows: list[dict], round_idx: int) -> 
     if src in ("synthetic", "mixed"):
         synthetic = list(rows)
         if src == "mixed" and pairs:  # as many synthetic as on-policy pairs, so neither drowns the other
+            if cfg.dpo.max_pairs:  # half the cap each (the cut below would otherwise keep on-policy pairs only)
+                pairs = pairs[: (cfg.dpo.max_pairs + 1) // 2]
             synthetic = random.Random(f"{cfg.seed}-mix-{round_idx}").sample(synthetic, min(len(pairs), len(synthetic)))
         pairs = pairs + [dict(r, source="synthetic") for r in synthetic]
     if cfg.loss.name == "step_dpo":

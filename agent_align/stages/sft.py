@@ -71,10 +71,13 @@ def build_trainer(cfg, ctx: RunContext, model, tok, examples: list[dict]):
     out = ctx.path("checkpoints", "sft-trainer")
     hw = cfg.hardware
     args = SFTConfig(**trainer_kwargs(cfg, cfg.sft, out, hw.sft_batch_size, hw.sft_grad_accum, f"{cfg.experiment_name}-sft"),
-                     weight_decay=cfg.sft.weight_decay, packing=cfg.sft.packing,
-                     train_sampling_strategy="group_by_length" if cfg.sft.group_by_length and not cfg.sft.packing
-                     else "random")
-    trainer = SFTTrainer(model=fresh_for_trainer(model), args=args, train_dataset=dataset, processing_class=tok,
+                     weight_decay=cfg.sft.weight_decay, packing=cfg.sft.packing)
+    trainer_cls = SFTTrainer
+    if cfg.sft.group_by_length and not cfg.sft.packing:  # similar lengths a batch, in random order (train/batching.py)
+        from agent_align.train.batching import with_length_buckets
+
+        trainer_cls = with_length_buckets(SFTTrainer)
+    trainer = trainer_cls(model=fresh_for_trainer(model), args=args, train_dataset=dataset, processing_class=tok,
                          callbacks=[step_progress("sft")])
     trainer.fast_hooks = []
     if hw.sft_fast_path:  # what the SFT profile found wasteful: benchmarks/README.md, *Where an SFT step's time goes*

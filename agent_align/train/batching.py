@@ -1,4 +1,4 @@
-"""DPO batches of pairs of similar length, in random order (``dpo.group_by_length``).
+"""Training batches of similar length, in random order (``dpo.group_by_length``, ``sft.group_by_length``).
 
 TRL's collator pads every pair of a batch to the batch's longest, and the Trainer's random sampler puts pairs of any
 length together: on the default run's pairs (266-token prompts on average, 447 at most) a batch of 8 ran about a
@@ -6,7 +6,10 @@ third more tokens than it held, and attention, quadratic in the padded length, m
 ``group_by_length`` sampler fixes the padding but orders each megabatch longest first, so training would walk from
 long requests to short ones. ``LengthBucketSampler`` shuffles the pairs every epoch, sorts each chunk of
 ``chunk_batches`` batches by length, cuts it into batches and shuffles the batches: padding drops to the length
-spread within a chunk and the order stays random.
+spread within a chunk and the order stays random. SFT had the same problem the other way round: with
+transformers' sampler the default run's 60 steps took the first 400 of ~3,000 shuffled rows longest first, so SFT
+was a long-to-short curriculum (its first steps at 512 tokens, its last ones a few hundred); it uses these batches
+too.
 """
 
 from __future__ import annotations
@@ -40,15 +43,22 @@ class LengthBucketSampler(Sampler):
         return iter([i for batch in batches for i in batch])
 
 
-class LengthBucketMixin:
-    """Put in front of a TRL ``DPOTrainer`` subclass (``with_length_buckets``): its training batches come from
-    ``LengthBucketSampler`` (per-device batches; under DDP accelerate deals whole batches to the processes)."""
-
-    def _get_train_sampler(self, train_dataset=None):
+def row_lengths(dataset) -> list[int]:
+    """Tokens a row puts through the model: a DPO pair's prompt and both completions, an SFT row's ``input_ids``."""
+    if "prompt_ids" in dataset.column_names:
         from agent_align.train.ref_pass import pair_lengths
 
+        return pair_lengths(dataset)
+    return [len(ids) for ids in dataset["input_ids"]]
+
+
+class LengthBucketMixin:
+    """Put in front of a TRL ``DPOTrainer`` or ``SFTTrainer`` subclass (``with_length_buckets``): its training batches
+    come from ``LengthBucketSampler`` (per-device batches; under DDP accelerate deals whole batches to the processes)."""
+
+    def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        return LengthBucketSampler(pair_lengths(dataset), self.args.per_device_train_batch_size, self.args.seed)
+        return LengthBucketSampler(row_lengths(dataset), self.args.per_device_train_batch_size, self.args.seed)
 
 
 def with_length_buckets(trainer_cls: type) -> type:
