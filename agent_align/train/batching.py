@@ -8,8 +8,8 @@ long requests to short ones. ``LengthBucketSampler`` shuffles the pairs every ep
 ``chunk_batches`` batches by length, cuts it into batches and shuffles the batches: padding drops to the length
 spread within a chunk and the order stays random. SFT had the same problem the other way round: with
 transformers' sampler the default run's 60 steps took the first 400 of ~3,000 shuffled rows longest first, so SFT
-was a long-to-short curriculum (its first steps at 512 tokens, its last ones a few hundred); it uses these batches
-too.
+was a long-to-short curriculum (step 1 on the longest rows, step 50 on the shortest); it uses these batches too
+(baseline SSPR 57.8% -> 67.3%, README *Measured results*).
 """
 
 from __future__ import annotations
