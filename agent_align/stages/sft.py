@@ -67,7 +67,7 @@ def build_trainer(cfg, ctx: RunContext, model, tok, examples: list[dict]):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    dataset = Dataset.from_list([{**e, "length": len(e["input_ids"])} for e in examples])
+    dataset = Dataset.from_list(examples)
     out = ctx.path("checkpoints", "sft-trainer")
     hw = cfg.hardware
     args = SFTConfig(**trainer_kwargs(cfg, cfg.sft, out, hw.sft_batch_size, hw.sft_grad_accum, f"{cfg.experiment_name}-sft"),
